@@ -1,0 +1,235 @@
+"""The ``orchestrator`` command: submit tasks and inspect the mesh.
+
+Exit codes: 0 success (a waited-for task succeeded), 1 the task failed or was
+cancelled, 2 invalid input, 3 the API is unreachable, 4 unknown id, 5 the mesh is
+not ready (e.g. no model configured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from agentmesh_orchestrator.client import ApiClient, ApiError
+
+DEFAULT_API = "http://127.0.0.1:8080"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    return ApiClient(ctx.obj["api"])
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else human)
+
+
+def _fail(err: ApiError) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+def _describe_task(task: dict[str, Any]) -> str:
+    lines = [
+        f"task      {task['id']}",
+        f"status    {task['status']}",
+        f"trace     {task.get('trace_id') or '-'}",
+        f"usage     {task['usage']['input_tokens']} in / {task['usage']['output_tokens']} out tokens",
+    ]
+    for sub in task.get("subtasks", []):
+        lines.append(
+            f"  {sub['role']:<10} {sub['status']:<9} {sub.get('worker') or '-':<20} {sub['id']}"
+        )
+    if task.get("error"):
+        lines.append(f"error     {task['error']}")
+    if task.get("result"):
+        lines.append("")
+        lines.append(task["result"])
+    return "\n".join(lines)
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as err:
+            _fail(err)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--api",
+    default=lambda: os.environ.get("AGENTMESH_API_URL", DEFAULT_API),
+    show_default=DEFAULT_API,
+    help="orchestrator API URL (env AGENTMESH_API_URL)",
+)
+@click.pass_context
+def main(ctx: click.Context, api: str) -> None:
+    """Submit tasks to the agentmesh orchestrator and inspect the mesh."""
+    ctx.ensure_object(dict)
+    ctx.obj["api"] = api
+
+
+@main.command()
+@click.argument("text")
+@click.option("--wait", is_flag=True, help="wait until the task ends, showing progress")
+@click.option("--follow", is_flag=True, help="stream every progress event until the task ends")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--token-budget", type=click.IntRange(min=1), help="tokens all subtasks may spend together"
+)
+@click.option("--max-steps", type=click.IntRange(min=1), help="agent steps per loop")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), help="wall-clock limit, seconds"
+)
+@click.option("--idempotency-key", help="submitting the same key again returns the same task")
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    text: str,
+    wait: bool,
+    follow: bool,
+    as_json: bool,
+    token_budget: int | None,
+    max_steps: int | None,
+    timeout: float | None,
+    idempotency_key: str | None,
+) -> None:
+    """Submit TEXT as a task ('-' reads it from standard input)."""
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        click.echo("error: the task text is empty", err=True)
+        sys.exit(2)
+    body: dict[str, Any] = {"text": text}
+    for key, value in (
+        ("token_budget", token_budget),
+        ("max_steps", max_steps),
+        ("timeout_s", timeout),
+    ):
+        if value is not None:
+            body[key] = value
+    client = _client(ctx)
+    task = client.submit(body, idempotency_key)
+    if not (wait or follow):
+        _emit(task, as_json, f"{task['id']}\t{task['status']}\ttrace {task.get('trace_id')}")
+        return
+    if not as_json:
+        click.echo(f"submitted {task['id']} (trace {task.get('trace_id')})", err=True)
+    task = _wait(client, task["id"], follow=follow)
+    _emit(task, as_json, _describe_task(task))
+    sys.exit(0 if task["status"] == "succeeded" else 1)
+
+
+def _wait(client: ApiClient, task_id: str, *, follow: bool) -> dict[str, Any]:
+    """Long-poll the task's events until it ends; progress goes to stderr."""
+    after = "0"
+    started = time.monotonic()
+    while True:
+        for event in client.events(task_id, after=after, wait=5):
+            after = event["id"]
+            if follow or event["kind"].startswith(
+                ("task.", "subtask.started", "subtask.succeeded", "subtask.failed")
+            ):
+                click.echo(f"[{time.monotonic() - started:6.1f}s] {event['message']}", err=True)
+        task = client.get(task_id)
+        if task["status"] in TERMINAL:
+            return task
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show a task's state."""
+    task = _client(ctx).get(task_id)
+    _emit(task, as_json, _describe_task(task))
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def result(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Print a finished task's result (exit 1 if it failed, 4 if unknown)."""
+    task = _client(ctx).get(task_id)
+    if as_json:
+        _emit({k: task[k] for k in ("id", "status", "result", "error")}, True, "")
+    elif task["status"] == "succeeded":
+        click.echo(task["result"])
+    elif task["status"] in TERMINAL:
+        click.echo(f"task {task_id} {task['status']}: {task.get('error')}", err=True)
+    else:
+        click.echo(f"task {task_id} is still {task['status']}", err=True)
+    sys.exit(0 if task["status"] == "succeeded" else 1)
+
+
+@main.command(name="list")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]),
+)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_tasks(ctx: click.Context, status_: str | None, limit: int, as_json: bool) -> None:
+    """List recent tasks, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status_:
+        params["status"] = status_
+    tasks = _client(ctx).request("GET", "/tasks", params=params)
+    human = (
+        "\n".join(
+            f"{t['id']}  {t['status']:<9}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t['created_at']))}  "
+            f"{t['text'][:60]!r}"
+            for t in tasks
+        )
+        or "no tasks"
+    )
+    _emit(tasks, as_json, human)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """List every live worker replica of each role."""
+    found = _client(ctx).request("GET", "/workers")
+    human = (
+        "\n".join(
+            f"{w['role']:<10} {w['hostname']:<24} in-flight {w['in_flight']:>3}/{w['concurrency']:<4} "
+            f"processed {w['processed']}"
+            for w in found
+        )
+        or "no live workers"
+    )
+    _emit(found, as_json, human)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cancel(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Cancel a queued or running task."""
+    task = _client(ctx).request("POST", f"/tasks/{task_id}/cancel")
+    _emit(task, as_json, f"cancellation requested for {task_id}")
+
+
+@main.command()
+def serve() -> None:
+    """Run the orchestrator service: the HTTP API and the planning loop."""
+    from agentmesh_orchestrator.server import run  # noqa: PLC0415 - keeps the CLI start fast
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

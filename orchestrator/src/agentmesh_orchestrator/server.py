@@ -1,0 +1,32 @@
+"""``orchestrator serve``: the API server and the planner in one process."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from agentmesh_shared.logs import setup_logging
+from agentmesh_shared.settings import SettingsError, load_settings
+from agentmesh_shared.telemetry import setup_telemetry
+
+from agentmesh_orchestrator.api import create_app
+from agentmesh_orchestrator.service import Services
+
+
+def run() -> None:
+    setup_logging("orchestrator")
+    try:
+        settings = load_settings()
+    except SettingsError as err:
+        print(f"orchestrator: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_telemetry("orchestrator")
+    app = create_app(Services.build(settings))
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

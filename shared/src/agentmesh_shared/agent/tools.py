@@ -1,0 +1,58 @@
+"""Tools as typed functions: a pydantic model for the input, its JSON schema for Claude."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+A = TypeVar("A", bound=BaseModel)
+
+
+class ToolError(Exception):
+    """A tool failed in a way the model should see and may recover from."""
+
+
+@dataclass
+class ToolContext:
+    """What a tool call knows about where it runs."""
+
+    task_id: str
+    subtask_id: str | None
+    tool_use_id: str
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Tool(Generic[A]):
+    name: str
+    description: str
+    input_model: type[A]
+    fn: Callable[[A, ToolContext], str]
+
+    def schema(self) -> dict[str, Any]:
+        schema = self.input_model.model_json_schema()
+        schema.pop("title", None)
+        return {"name": self.name, "description": self.description, "input_schema": schema}
+
+    def invoke(self, raw: object, ctx: ToolContext) -> ToolOutcome:
+        try:
+            args = self.input_model.model_validate(raw)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}" for e in err.errors()
+            )
+            return ToolOutcome(f"invalid input for {self.name}: {problems}", is_error=True)
+        try:
+            return ToolOutcome(self.fn(args, ctx))
+        except ToolError as err:
+            return ToolOutcome(f"{self.name} failed: {err}", is_error=True)

@@ -1,0 +1,273 @@
+"""A scripted Messages-API server: a real HTTP server speaking Anthropic's wire format.
+
+It stands in for the vendor in tests and in the offline demo, so the real SDK, real
+HTTP and the real agent loops run end to end. It keeps no state: each reply follows
+from the request (which tools are offered tells the role, the number of tool results
+so far tells the step). Every text it returns starts with ``[scripted model]``.
+
+Scripts:
+- orchestrator (offers ``delegate``): one research and one code delegation in one
+  turn (so they run in parallel), then a synthesis of their results;
+- researcher (offers ``memory_store``): search memory, store a note, report;
+- coder (offers ``run_python``): search memory, write ``main.py``, run it, report
+  the code and its real output.
+
+``SCRIPTED_LLM_DELAY_MS`` (or ``--delay-ms``) delays every reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+LABEL = "[scripted model]"
+log = logging.getLogger("agentmesh.scripted_llm")
+
+Block = dict[str, Any]
+
+
+def _tool_use(name: str, payload: dict[str, Any]) -> Block:
+    return {
+        "type": "tool_use",
+        "id": f"toolu_{uuid.uuid4().hex[:20]}",
+        "name": name,
+        "input": payload,
+    }
+
+
+def _text(text: str) -> Block:
+    return {"type": "text", "text": text}
+
+
+def _first_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in messages:
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    str(b.get("text", ""))
+                    for b in content
+                    if isinstance(b, dict) and b.get("type") == "text"
+                )
+    return ""
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> list[str]:
+    results: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") != "user" or not isinstance(content, list):
+            continue
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                value = block.get("content", "")
+                if isinstance(value, list):
+                    value = " ".join(str(v.get("text", "")) for v in value if isinstance(v, dict))
+                results.append(str(value))
+    return results
+
+
+def _subject(text: str, limit: int = 160) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def coder_program(instruction: str) -> str:
+    """The small program the scripted coder writes: real, deterministic work."""
+    subject = _subject(instruction, 200)
+    return (
+        "import hashlib\n"
+        f"SUBJECT = {subject!r}\n"
+        "words = SUBJECT.split()\n"
+        'print(f"words={len(words)}")\n'
+        'print(f"sha256={hashlib.sha256(SUBJECT.encode()).hexdigest()[:16]}")\n'
+        "primes = [n for n in range(2, 100) if all(n % d for d in range(2, int(n ** 0.5) + 1))]\n"
+        'print(f"primes_below_100={len(primes)}")\n'
+    )
+
+
+def orchestrator_script(task: str, results: list[str]) -> tuple[list[Block], str]:
+    subject = _subject(task)
+    if not results:
+        return [
+            _text(f"{LABEL} Plan: research the subject, and write and run a program about it."),
+            _tool_use("delegate", {"role": "researcher", "instruction": f"Research: {subject}"}),
+            _tool_use(
+                "delegate",
+                {"role": "coder", "instruction": f"Write and run a program for: {subject}"},
+            ),
+        ], "tool_use"
+    summary = "\n".join(f"- {_subject(r, 400)}" for r in results)
+    return [_text(f"{LABEL} Synthesis for: {subject}\n{summary}")], "end_turn"
+
+
+def researcher_script(task: str, results: list[str]) -> tuple[list[Block], str]:
+    subject = _subject(task)
+    if len(results) == 0:
+        return [_tool_use("memory_search", {"query": subject, "k": 3})], "tool_use"
+    if len(results) == 1:
+        note = f"{LABEL} Research note on '{subject}': memory held {results[0].count('id=')} related notes."
+        return [_tool_use("memory_store", {"text": note})], "tool_use"
+    return [
+        _text(f"{LABEL} Research done for '{subject}'. {_subject(results[-1], 200)}")
+    ], "end_turn"
+
+
+def coder_script(task: str, results: list[str]) -> tuple[list[Block], str]:
+    if len(results) == 0:
+        return [_tool_use("memory_search", {"query": _subject(task), "k": 3})], "tool_use"
+    if len(results) == 1:
+        return [
+            _tool_use("write_file", {"path": "main.py", "content": coder_program(task)})
+        ], "tool_use"
+    if len(results) == 2:
+        return [_tool_use("run_python", {"path": "main.py"})], "tool_use"
+    return [_text(f"{LABEL} Wrote main.py and ran it.\n{results[-1]}")], "end_turn"
+
+
+def reply_for(request: dict[str, Any]) -> tuple[list[Block], str]:
+    tools = {t.get("name") for t in request.get("tools", []) if isinstance(t, dict)}
+    messages = request.get("messages", [])
+    task = _first_user_text(messages)
+    results = _tool_results(messages)
+    if "delegate" in tools:
+        return orchestrator_script(task, results)
+    if "run_python" in tools:
+        return coder_script(task, results)
+    if "memory_store" in tools:
+        return researcher_script(task, results)
+    return [_text(f"{LABEL} {_subject(task)}")], "end_turn"
+
+
+def estimate_tokens(value: object) -> int:
+    """A stable token estimate (about four characters a token)."""
+    return max(1, math.ceil(len(json.dumps(value, ensure_ascii=False)) / 4))
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("request-id", f"req_scripted_{uuid.uuid4().hex[:12]}")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
+        self._send(status, {"type": "error", "error": {"type": kind, "message": message}})
+
+    def do_GET(self) -> None:
+        if self.path in {"/healthz", "/readyz"}:
+            self._send(
+                HTTPStatus.OK, {"status": "ok", "scripted": True, "calls": self.server.calls}
+            )
+            return
+        self._error(HTTPStatus.NOT_FOUND, "not_found_error", f"no route {self.path}")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path.split("?")[0] != "/v1/messages":
+            self._error(HTTPStatus.NOT_FOUND, "not_found_error", f"no route {self.path}")
+            return
+        if not (self.headers.get("x-api-key") or self.headers.get("authorization")):
+            self._error(
+                HTTPStatus.UNAUTHORIZED, "authentication_error", "x-api-key header is required"
+            )
+            return
+        try:
+            request = json.loads(raw)
+            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+                raise ValueError("messages: field required")  # noqa: TRY301
+        except ValueError as err:
+            self._error(
+                HTTPStatus.BAD_REQUEST, "invalid_request_error", f"invalid request body: {err}"
+            )
+            return
+        with self.server.lock:
+            self.server.calls += 1
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
+        content, stop_reason = reply_for(request)
+        self._send(
+            HTTPStatus.OK,
+            {
+                "id": f"msg_scripted_{uuid.uuid4().hex[:20]}",
+                "type": "message",
+                "role": "assistant",
+                "model": str(request.get("model", "scripted")),
+                "content": content,
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": estimate_tokens(
+                        [request.get("system"), request.get("tools"), request.get("messages")]
+                    ),
+                    "output_tokens": estimate_tokens(content),
+                },
+            },
+        )
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], delay_ms: int = 0) -> None:
+        super().__init__(address, ScriptedHandler)
+        self.delay_s = max(delay_ms, 0) / 1000
+        self.calls = 0
+        self.lock = threading.Lock()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Scripted Anthropic Messages-API server")
+    parser.add_argument("--host", default=os.environ.get("SCRIPTED_LLM_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("SCRIPTED_LLM_PORT", "8090"))
+    )
+    parser.add_argument(
+        "--delay-ms", type=int, default=int(os.environ.get("SCRIPTED_LLM_DELAY_MS", "0") or 0)
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server = ScriptedServer((args.host, args.port), delay_ms=args.delay_ms)
+    print(
+        json.dumps(
+            {
+                "event": "scripted model listening",
+                "address": f"http://{args.host}:{server.server_address[1]}",
+                "delay_ms": args.delay_ms,
+                "note": "replies are scripted, not a real model",
+            }
+        ),
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The one settings object every agentmesh process loads.
+
+Every value comes from the environment or from a secret file (Docker secrets under
+``/run/secrets``, or ``AGENTMESH_SECRETS_DIR``). A bad value fails at start-up with a
+message naming the variable, never later in the middle of a task.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    HttpUrl,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _secrets_dir() -> str | None:
+    path = Path(os.environ.get("AGENTMESH_SECRETS_DIR", "/run/secrets"))
+    return str(path) if path.is_dir() else None
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(RuntimeError):
+    """The configuration is invalid; the message names every offending variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTMESH_",
+        env_ignore_empty=True,
+        extra="ignore",
+        secrets_dir=_secrets_dir(),
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+
+    # --- infrastructure -------------------------------------------------------------
+    redis_url: RedisDsn = Field(
+        RedisDsn("redis://127.0.0.1:6379/0"), validation_alias=_env("REDIS_URL")
+    )
+    redis_password: SecretStr | None = Field(None, validation_alias=_env("REDIS_PASSWORD"))
+    chroma_url: HttpUrl = Field(
+        HttpUrl("http://127.0.0.1:8000"), validation_alias=_env("CHROMA_URL")
+    )
+    memory_collection: str = Field("agentmesh-memory", min_length=3, max_length=63)
+
+    # --- the model ------------------------------------------------------------------
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
+    anthropic_base_url: HttpUrl | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
+    model: str = Field("claude-sonnet-4-5", min_length=1)
+    llm_max_tokens: PositiveInt = 4096
+    llm_timeout_s: PositiveFloat = 120.0
+    llm_max_retries: Annotated[int, Field(ge=0, le=10)] = 4
+
+    # --- API and CLI ----------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(gt=0, lt=65536)] = 8080
+    api_url: HttpUrl = HttpUrl("http://127.0.0.1:8080")
+    max_task_chars: PositiveInt = 8000
+    planner_concurrency: PositiveInt = 16
+
+    # --- per-task limits (defaults; overridable per task) ---------------------------
+    max_steps: PositiveInt = 12
+    token_budget: PositiveInt = 200_000
+    task_timeout_s: PositiveFloat = 900.0
+    subtask_timeout_s: PositiveFloat = 300.0
+
+    # --- workers --------------------------------------------------------------------
+    worker_concurrency: PositiveInt = 64
+    visibility_timeout_s: PositiveInt = 3600
+    heartbeat_file: Path = Path("/tmp/agentmesh-heartbeat")  # noqa: S108 - tmpfs in containers
+    heartbeat_interval_s: PositiveFloat = 5.0
+
+    # --- researcher -----------------------------------------------------------------
+    fetch_allowlist: str = ""  # comma-separated host globs; empty allows any host
+    fetch_max_bytes: PositiveInt = 512_000
+    fetch_timeout_s: PositiveFloat = 15.0
+
+    # --- coder sandbox --------------------------------------------------------------
+    scratch_root: Path = Path("/tmp/agentmesh-scratch")  # noqa: S108 - tmpfs in containers
+    sandbox_cpu_s: PositiveInt = 10
+    sandbox_memory_mb: PositiveInt = 256
+    sandbox_max_procs: PositiveInt = 32
+    sandbox_file_mb: PositiveInt = 8
+    sandbox_output_bytes: PositiveInt = 64_000
+    sandbox_wall_s: PositiveFloat = 30.0
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.visibility_timeout_s <= self.subtask_timeout_s:
+            msg = (
+                "AGENTMESH_VISIBILITY_TIMEOUT_S must be longer than AGENTMESH_SUBTASK_TIMEOUT_S "
+                f"({self.visibility_timeout_s} <= {self.subtask_timeout_s}): a redelivered "
+                "subtask would run twice while the first run is still alive"
+            )
+            raise ValueError(msg)
+        key = self.anthropic_api_key
+        if (
+            self.environment == "production"
+            and key
+            and key.get_secret_value()
+            in {
+                "changeme",
+                "sk-ant-xxx",
+            }
+        ):
+            msg = "ANTHROPIC_API_KEY is a placeholder; set a real key or leave it empty"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def llm_configured(self) -> bool:
+        return self.anthropic_api_key is not None
+
+    def redis_connection_url(self) -> str:
+        """The Redis URL with the password from the secret, if the URL carries none."""
+        url = self.redis_url
+        if self.redis_password is None or url.password:
+            return str(url)
+        host = url.host or "127.0.0.1"
+        port = url.port or 6379
+        path = url.path or "/0"
+        user = url.username or ""
+        password = self.redis_password.get_secret_value()
+        from urllib.parse import quote
+
+        return f"{url.scheme}://{quote(user)}:{quote(password, safe='')}@{host}:{port}{path}"
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = item.get("loc") or ("settings",)
+        name = str(loc[0])
+        var = name.upper() if name.upper() in _UNPREFIXED else f"AGENTMESH_{name.upper()}"
+        value = item.get("input")
+        shown = "" if "password" in name or "key" in name else f" (got {value!r})"
+        lines.append(f"{var}: {item['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+_UNPREFIXED = {
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "CHROMA_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load and validate the settings, raising :class:`SettingsError` naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,411 @@
+"""The worker runtime both roles share: Celery consumer, subtask execution, heartbeat.
+
+A role (researcher, coder) supplies a :class:`RoleAgent`: its system prompt and the
+tools of one subtask. Everything else is here: payload validation (a malformed or
+unknown message goes to the dead-letter list and the worker keeps serving), the agent
+loop with the task's shared budget, result publication (first result wins, so a
+redelivered subtask is absorbed), and the heartbeat that feeds the health check and
+``orchestrator workers``.
+
+Pool choice: Celery's ``threads`` pool. An agent loop spends nearly all its time
+waiting on the LLM over HTTP, so one process holds ``AGENTMESH_WORKER_CONCURRENCY``
+loops at once for the memory of one interpreter; prefork would need a process per
+loop and gevent would monkey-patch every library we load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anthropic
+from celery import Celery, signals
+from celery.worker.consumer import Consumer
+from pydantic import ValidationError
+
+from agentmesh_shared import deadletter, events, keys
+from agentmesh_shared.agent import (
+    AgentLoop,
+    CancelledError,
+    LoopLimitError,
+    LoopState,
+    StepRecord,
+    Tool,
+)
+from agentmesh_shared.budget import TokenBudget
+from agentmesh_shared.celery_app import create_celery_app
+from agentmesh_shared.health import beat
+from agentmesh_shared.llm import LLMNotConfiguredError, make_client
+from agentmesh_shared.logs import setup_logging
+from agentmesh_shared.models import (
+    TASK_NAME_BY_ROLE,
+    Role,
+    SubtaskMessage,
+    SubtaskResult,
+    WorkerInfo,
+)
+from agentmesh_shared.redisconn import connect
+from agentmesh_shared.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from agentmesh_shared.memory import MemoryClient
+
+log = logging.getLogger("agentmesh.worker")
+RESULT_TTL_S = 7 * 24 * 3600
+
+
+class RoleSession(Protocol):
+    """The tools of one subtask, and what it produced besides its final text."""
+
+    @property
+    def tools(self) -> Sequence[Tool[Any]]: ...
+
+    def artifacts(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class RoleAgent(Protocol):
+    role: Role
+    system_prompt: str
+
+    def open_session(self, msg: SubtaskMessage, runtime: WorkerRuntime) -> RoleSession: ...
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    role: Role
+    hostname: str = field(default_factory=socket.gethostname)
+    started_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+    processed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return connect(self.settings, max_connections=self.settings.worker_concurrency + 8)
+
+    @cached_property
+    def budget(self) -> TokenBudget:
+        return TokenBudget(self.redis)
+
+    @cached_property
+    def llm(self) -> anthropic.Anthropic:
+        return make_client(self.settings)
+
+    @cached_property
+    def memory(self) -> MemoryClient:
+        from agentmesh_shared.memory import MemoryClient  # noqa: PLC0415 - heavy, needed by roles that use it
+
+        return MemoryClient(str(self.settings.chroma_url), self.settings.memory_collection)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            hostname=self.hostname,
+            role=self.role,
+            pid=os.getpid(),
+            concurrency=self.settings.worker_concurrency,
+            in_flight=self.in_flight,
+            processed=self.processed,
+            started_at=self.started_at,
+            last_seen=time.time(),
+        )
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.processed += 1
+
+
+# -- one subtask --------------------------------------------------------------------
+def execute_subtask(
+    runtime: WorkerRuntime, agent: RoleAgent, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Run one broker message to a published result; never raises."""
+    if len(args) != 1 or kwargs:
+        deadletter.put(
+            runtime.redis,
+            "a subtask message takes exactly one positional payload",
+            {"args": list(args), "kwargs": kwargs},
+            role=runtime.role.value,
+            worker=runtime.hostname,
+        )
+        return
+    try:
+        msg = SubtaskMessage.model_validate(args[0])
+    except ValidationError as err:
+        deadletter.put(
+            runtime.redis,
+            f"invalid subtask payload: {_summarize(err)}",
+            args[0],
+            role=runtime.role.value,
+            worker=runtime.hostname,
+        )
+        return
+    if msg.role is not runtime.role:
+        deadletter.put(
+            runtime.redis,
+            f"a {msg.role.value} subtask reached a {runtime.role.value} worker",
+            args[0],
+            worker=runtime.hostname,
+        )
+        return
+    if runtime.redis.exists(keys.subtask_result(msg.subtask_id)):
+        log.warning("subtask %s already has a result; redelivery absorbed", msg.subtask_id)
+        _notify_done(runtime, msg.subtask_id)
+        return
+    runtime._enter()
+    try:
+        _publish(runtime, _run(runtime, agent, msg))
+    finally:
+        runtime._leave()
+
+
+def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
+    started = time.time()
+    r = runtime.redis
+    r.set(
+        keys.subtask_started(msg.subtask_id),
+        json.dumps({"worker": runtime.hostname, "at": started}),
+        ex=RESULT_TTL_S,
+    )
+    events.publish(
+        r,
+        msg.task_id,
+        "subtask.started",
+        f"{msg.role.value} {runtime.hostname} started subtask {msg.subtask_id}",
+        subtask_id=msg.subtask_id,
+        worker=runtime.hostname,
+    )
+
+    state = LoopState(messages=[{"role": "user", "content": msg.instruction}])
+
+    def failed(reason: str, artifacts: dict[str, Any] | None = None) -> SubtaskResult:
+        return SubtaskResult(
+            task_id=msg.task_id,
+            subtask_id=msg.subtask_id,
+            role=msg.role,
+            status="failed",
+            worker=runtime.hostname,
+            error=reason,
+            usage=state.usage,
+            steps=state.steps,
+            artifacts=artifacts or {},
+            started_at=started,
+            finished_at=time.time(),
+        )
+
+    if r.exists(keys.cancel_flag(msg.task_id)):
+        return failed("the task was cancelled")
+    try:
+        llm = runtime.llm
+    except LLMNotConfiguredError as err:
+        return failed(str(err))
+    session = agent.open_session(msg, runtime)
+
+    def on_step(record: StepRecord) -> None:
+        events.publish(
+            r,
+            msg.task_id,
+            "subtask.step",
+            f"{msg.role.value} step {record.step}: "
+            + (", ".join(record.tool_calls) if record.tool_calls else "answer"),
+            subtask_id=msg.subtask_id,
+            worker=runtime.hostname,
+            input_tokens=record.usage.input_tokens,
+            output_tokens=record.usage.output_tokens,
+        )
+
+    loop = AgentLoop(
+        client=llm,
+        model=runtime.settings.model,
+        system=agent.system_prompt,
+        tools=session.tools,
+        task_id=msg.task_id,
+        subtask_id=msg.subtask_id,
+        max_steps=msg.max_steps,
+        deadline=msg.deadline,
+        max_tokens=runtime.settings.llm_max_tokens,
+        llm_timeout_s=runtime.settings.llm_timeout_s,
+        budget=runtime.budget,
+        is_cancelled=lambda: bool(r.exists(keys.cancel_flag(msg.task_id))),
+        on_step=on_step,
+    )
+    try:
+        outcome = loop.run(state=state)
+    except (LoopLimitError, CancelledError, anthropic.APIError) as err:
+        prefix = "model call failed: " if isinstance(err, anthropic.APIError) else ""
+        return failed(prefix + str(err), artifacts=_collect(session))
+    except Exception as err:
+        log.exception("subtask %s crashed", msg.subtask_id)
+        return failed(f"{type(err).__name__}: {err}", artifacts=_collect(session))
+    return SubtaskResult(
+        task_id=msg.task_id,
+        subtask_id=msg.subtask_id,
+        role=msg.role,
+        status="succeeded",
+        worker=runtime.hostname,
+        output=outcome.text,
+        usage=state.usage,
+        steps=state.steps,
+        artifacts=_collect(session),
+        started_at=started,
+        finished_at=time.time(),
+    )
+
+
+def _collect(session: RoleSession) -> dict[str, Any]:
+    """The session's artifacts, then its scratch space is released."""
+    try:
+        return session.artifacts()
+    finally:
+        session.close()
+
+
+def _publish(runtime: WorkerRuntime, result: SubtaskResult) -> None:
+    """First result wins: a subtask that ran twice is reported once."""
+    stored = runtime.redis.set(
+        keys.subtask_result(result.subtask_id), result.model_dump_json(), nx=True, ex=RESULT_TTL_S
+    )
+    if not stored:
+        log.warning("subtask %s already had a result; duplicate absorbed", result.subtask_id)
+    _notify_done(runtime, result.subtask_id)
+    events.publish(
+        runtime.redis,
+        result.task_id,
+        f"subtask.{result.status}",
+        f"{result.role.value} {runtime.hostname} {result.status} subtask {result.subtask_id}"
+        + (f": {result.error}" if result.error else ""),
+        subtask_id=result.subtask_id,
+        worker=runtime.hostname,
+    )
+
+
+def _notify_done(runtime: WorkerRuntime, subtask_id: str) -> None:
+    pipe = runtime.redis.pipeline()
+    pipe.lpush(keys.subtask_done(subtask_id), "1")
+    pipe.expire(keys.subtask_done(subtask_id), RESULT_TTL_S)
+    pipe.execute()
+
+
+def _summarize(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in err.errors()[:5]
+    )
+
+
+# -- the process --------------------------------------------------------------------
+_runtime: WorkerRuntime | None = None
+
+
+class DeadLetterConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, but undecodable messages go to the dead-letter list."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if _runtime is not None:
+            deadletter.put(
+                _runtime.redis,
+                f"undecodable message: {exc}",
+                message.body,
+                content_type=message.content_type,
+                worker=_runtime.hostname,
+            )
+        super().on_decode_error(message, exc)
+
+
+class Heartbeat(threading.Thread):
+    """Checks the broker, touches the health file, registers the worker."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.runtime = runtime
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        settings = self.runtime.settings
+        while not self.stopping.is_set():
+            try:
+                self.runtime.redis.ping()
+                self.runtime.redis.hset(
+                    keys.WORKER_INDEX, self.runtime.hostname, self.runtime.info().model_dump_json()
+                )
+                beat(settings.heartbeat_file)
+            except Exception:
+                log.exception("heartbeat failed")
+            self.stopping.wait(settings.heartbeat_interval_s)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        try:
+            self.runtime.redis.hdel(keys.WORKER_INDEX, self.runtime.hostname)
+            self.runtime.settings.heartbeat_file.unlink(missing_ok=True)
+        except Exception:
+            log.exception("could not deregister the worker")
+
+
+def build_app(runtime: WorkerRuntime, agent: RoleAgent) -> Celery:
+    app = create_celery_app(runtime.settings, name=f"agentmesh-{runtime.role.value}")
+    app.conf.worker_consumer = f"{__name__}:DeadLetterConsumer"
+
+    @app.task(name=TASK_NAME_BY_ROLE[runtime.role], bind=True, typing=False)
+    def run_subtask(self: Any, *args: Any, **kwargs: Any) -> None:
+        execute_subtask(runtime, agent, args, kwargs)
+
+    def on_unknown(
+        sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any
+    ) -> None:
+        deadletter.put(
+            runtime.redis,
+            f"unknown task {name!r}" if name else f"rejected message: {exc}",
+            getattr(message, "body", None),
+            worker=runtime.hostname,
+        )
+
+    signals.task_unknown.connect(on_unknown, weak=False)
+    signals.task_rejected.connect(on_unknown, weak=False)
+    return app
+
+
+def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
+    """The console-script entry point of a worker role."""
+    global _runtime  # noqa: PLW0603 - the Celery consumer class needs the process's runtime
+    setup_logging(agent.role.value)
+    try:
+        settings = load_settings()
+    except SettingsError as err:
+        print(f"{agent.role.value}-worker: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    runtime = WorkerRuntime(settings=settings, role=agent.role)
+    _runtime = runtime
+    app = build_app(runtime, agent)
+    heartbeat = Heartbeat(runtime)
+    signals.worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+    args = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={settings.worker_concurrency}",
+        f"--queues={agent.role.queue}",
+        f"--hostname={agent.role.value}@{runtime.hostname}",
+        "--without-gossip",
+        "--without-mingle",
+        f"--loglevel={os.environ.get('AGENTMESH_LOG_LEVEL', 'INFO')}",
+        *(argv if argv is not None else sys.argv[1:]),
+    ]
+    app.worker_main(args)
