@@ -152,7 +152,7 @@ def run_checks() -> dict[str, dict[str, object]]:
     for name, fn in REGISTRY:
         try:
             ok, detail = fn()
-        except Exception as exc:  # noqa: BLE001 - a crash is a failed check
+        except Exception as exc:
             ok, detail = False, f"error: {type(exc).__name__}: {exc}"
         results[name] = {"ok": bool(ok), "detail": str(detail)}
     return results
@@ -331,21 +331,30 @@ def _():
     # plain spawn (vfork/posix_spawn path)
     plain = subprocess.run(
         [sys.executable, "-c", "print(6*7)"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     ok &= plain.returncode == 0 and plain.stdout.strip() == "42"
     details.append(f"plain rc={plain.returncode} out={plain.stdout.strip()!r}")
     # fork + setrlimit in the child before exec
     limited = subprocess.run(
-        [sys.executable, "-c", code], preexec_fn=_limit_child,
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", code],
+        preexec_fn=_limit_child,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     ok &= limited.returncode == 7 and limited.stdout.strip() == "64"
     details.append(f"setrlimit rc={limited.returncode} nofile={limited.stdout.strip()!r}")
     # prlimit(2) on a running child from the parent (prlimit64)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         resource.prlimit(proc.pid, resource.RLIMIT_CPU, (5, 5))

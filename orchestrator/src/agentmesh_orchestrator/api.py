@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
 import httpx
+import redis
 from agentmesh_shared import deadletter, events, keys, telemetry
 from agentmesh_shared.models import (
     TaskEvent,
@@ -119,7 +120,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         status: TaskStatus | None = None,
     ) -> list[TaskRecord]:
-        return services.store.list(limit=limit, status=status)
+        return services.store.recent(limit=limit, status=status)
 
     @app.get("/tasks/{task_id}", response_model=TaskRecord)
     def get_task(task_id: str) -> TaskRecord:
@@ -174,7 +175,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         try:
             services.redis.ping()
             checks["redis"] = "ok"
-        except Exception as err:
+        except redis.RedisError as err:
             checks["redis"] = f"unreachable: {type(err).__name__}"
         try:
             url = str(settings.chroma_url).rstrip("/") + "/api/v2/heartbeat"

@@ -78,7 +78,7 @@ class TaskStore:
             self.save(record)
             return record
 
-    def list(self, limit: int = 50, status: TaskStatus | None = None) -> list[TaskRecord]:
+    def recent(self, limit: int = 50, status: TaskStatus | None = None) -> list[TaskRecord]:
         ids = cast("list[str]", self.redis.zrevrange(keys.TASK_INDEX, 0, max(limit * 4, limit) - 1))
         if not ids:
             return []

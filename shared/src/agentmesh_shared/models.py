@@ -11,7 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -79,10 +79,14 @@ class TaskLimits(Strict):
     timeout_s: float = Field(gt=0, le=86_400)
 
 
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
 class TaskRequest(Strict):
     """What a client submits. Limits left out take the configured defaults."""
 
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    text: Annotated[str, BeforeValidator(_strip), StringConstraints(min_length=1)]
     max_steps: int | None = Field(None, gt=0, le=1000)
     token_budget: int | None = Field(None, gt=0, le=100_000_000)
     timeout_s: float | None = Field(None, gt=0, le=86_400)

@@ -8,9 +8,11 @@ message naming the variable, never later in the middle of a task.
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import (
     AliasChoices,
@@ -86,6 +88,7 @@ class Settings(BaseSettings):
 
     # --- workers --------------------------------------------------------------------
     worker_concurrency: PositiveInt = 64
+    worker_hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
     visibility_timeout_s: PositiveInt = 3600
     heartbeat_file: Path = Path("/tmp/agentmesh-heartbeat")  # noqa: S108 - tmpfs in containers
     heartbeat_interval_s: PositiveFloat = 5.0
@@ -141,8 +144,6 @@ class Settings(BaseSettings):
         path = url.path or "/0"
         user = url.username or ""
         password = self.redis_password.get_secret_value()
-        from urllib.parse import quote
-
         return f"{url.scheme}://{quote(user)}:{quote(password, safe='')}@{host}:{port}{path}"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -87,11 +86,14 @@ class RoleAgent(Protocol):
 class WorkerRuntime:
     settings: Settings
     role: Role
-    hostname: str = field(default_factory=socket.gethostname)
+    hostname: str = ""
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     processed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.hostname = self.hostname or self.settings.worker_hostname
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -314,7 +316,7 @@ def _summarize(err: ValidationError) -> str:
 _runtime: WorkerRuntime | None = None
 
 
-class DeadLetterConsumer(Consumer):  # type: ignore[misc]
+class DeadLetterConsumer(Consumer):
     """Celery's consumer, but undecodable messages go to the dead-letter list."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:

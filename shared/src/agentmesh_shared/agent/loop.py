@@ -10,6 +10,7 @@ of state, so a caller can persist it and resume a loop from where it stopped.
 from __future__ import annotations
 
 import contextvars
+import copy
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,12 @@ class LoopState:
     usage: Usage = field(default_factory=Usage)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"messages": self.messages, "steps": self.steps, "usage": self.usage.model_dump()}
+        """A snapshot that later steps do not change."""
+        return {
+            "messages": copy.deepcopy(self.messages),
+            "steps": self.steps,
+            "usage": self.usage.model_dump(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoopState:

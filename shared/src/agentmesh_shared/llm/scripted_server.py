@@ -195,12 +195,13 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return
         try:
             request = json.loads(raw)
-            if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-                raise ValueError("messages: field required")  # noqa: TRY301
         except ValueError as err:
             self._error(
-                HTTPStatus.BAD_REQUEST, "invalid_request_error", f"invalid request body: {err}"
+                HTTPStatus.BAD_REQUEST, "invalid_request_error", f"invalid JSON body: {err}"
             )
+            return
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            self._error(HTTPStatus.BAD_REQUEST, "invalid_request_error", "messages: field required")
             return
         with self.server.lock:
             self.server.calls += 1

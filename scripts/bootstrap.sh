@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install what the tests and local development need on a fresh machine:
+#   - uv (the workspace's package manager), pinned, in .tools/uv
+#   - the workspace venv (.venv) from uv.lock
+#   - a Chroma server in its own venv (.tools/chroma): the full chromadb wheel clashes
+#     with chromadb-client, which the services use
+#   - redis-server (Debian's package; installed with apt when running as root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
+CHROMA_VERSION=$(awk '/^name = "chromadb-client"/{getline; gsub(/[^0-9.]/,""); print; exit}' uv.lock)
+
+uv_bin() {
+  if [ -x .tools/uv/bin/uv ]; then echo .tools/uv/bin/uv; return; fi
+  echo "bootstrap: installing uv ${UV_VERSION} into .tools/uv" >&2
+  python3 -m venv .tools/uv
+  .tools/uv/bin/pip install --quiet --disable-pip-version-check "uv==${UV_VERSION}"
+  echo .tools/uv/bin/uv
+}
+UV=$(uv_bin)
+
+"$UV" sync --frozen --quiet
+
+if [ ! -x .tools/chroma/bin/chroma ]; then
+  echo "bootstrap: installing the Chroma server ${CHROMA_VERSION} into .tools/chroma" >&2
+  "$UV" venv --quiet --python 3.11 .tools/chroma 2>/dev/null || "$UV" venv --quiet .tools/chroma
+  "$UV" pip install --quiet --python .tools/chroma/bin/python "chromadb==${CHROMA_VERSION}"
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing redis-server with apt" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # Debian starts a system redis on 6379; the tests run their own on free ports.
+    (systemctl stop redis-server || service redis-server stop) >/dev/null 2>&1 || true
+  else
+    echo "bootstrap: redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)" >&2
+    exit 1
+  fi
+fi

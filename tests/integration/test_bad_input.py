@@ -1,0 +1,90 @@
+"""Bad input gets a clear error and crashes nothing: API, CLI and the broker."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from agentmesh_shared.models import TASK_NAME_BY_ROLE, Role
+from kombu import Connection, Exchange, Producer
+
+from tests.support.mesh import LocalMesh, wait_until
+
+
+def test_api_rejects_bad_tasks_with_clear_errors(mesh: LocalMesh) -> None:
+    api = mesh.api_url
+    empty = httpx.post(f"{api}/tasks", json={"text": "   "})
+    assert empty.status_code == 422 and "text" in empty.json()["detail"]
+    huge = httpx.post(f"{api}/tasks", json={"text": "x" * 9000})
+    assert huge.status_code == 422 and "AGENTMESH_MAX_TASK_CHARS" in huge.json()["detail"]
+    unknown_field = httpx.post(f"{api}/tasks", json={"text": "hi", "priority": 3})
+    assert unknown_field.status_code == 422 and "priority" in unknown_field.json()["detail"]
+    wrong_type = httpx.post(f"{api}/tasks", json={"text": "hi", "max_steps": "many"})
+    assert wrong_type.status_code == 422 and "max_steps" in wrong_type.json()["detail"]
+    not_json = httpx.post(
+        f"{api}/tasks", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 422
+    missing = httpx.get(f"{api}/tasks/does-not-exist")
+    assert missing.status_code == 404 and "unknown task id" in missing.json()["detail"]
+    assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
+
+
+def test_cli_errors_are_clear(mesh: LocalMesh) -> None:
+    empty = mesh.cli("submit", "  ")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+    huge = mesh.cli("submit", "-", input_text="y" * 9000)
+    assert huge.returncode == 2 and "over the limit" in huge.stderr
+    unknown = mesh.cli("status", "nope")
+    assert unknown.returncode == 4 and "unknown task id 'nope'" in unknown.stderr
+    unreachable = mesh.cli("--api", "http://127.0.0.1:9", "list")
+    assert unreachable.returncode == 3 and "cannot reach the orchestrator API" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr + unknown.stderr + huge.stderr
+
+
+def test_malformed_broker_messages_are_dead_lettered_and_workers_keep_serving(
+    mesh: LocalMesh,
+) -> None:
+    r = mesh.redis()
+    r.delete("agentmesh:deadletter")
+    with Connection(mesh.redis_url) as conn:
+        producer = Producer(conn)
+        # 1. a valid Celery envelope whose payload is not a subtask
+        producer.publish(
+            [[{"task_id": "t", "what": "nonsense"}], {}, {}],
+            routing_key="research",
+            exchange=Exchange("research", type="direct"),
+            serializer="json",
+            headers={"lang": "py", "task": TASK_NAME_BY_ROLE[Role.RESEARCHER], "id": "bad-1"},
+        )
+        # 2. a task name no worker knows
+        producer.publish(
+            [[], {}, {}],
+            routing_key="code",
+            exchange=Exchange("code", type="direct"),
+            serializer="json",
+            headers={"lang": "py", "task": "agentmesh.unknown", "id": "bad-2"},
+        )
+        # 3. bytes that are not JSON at all
+        producer.publish(
+            b"\x00\xffnot json",
+            routing_key="research",
+            exchange=Exchange("research", type="direct"),
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"lang": "py", "task": TASK_NAME_BY_ROLE[Role.RESEARCHER], "id": "bad-3"},
+        )
+
+    wait_until(lambda: r.llen("agentmesh:deadletter") >= 3, "three dead-letter entries", timeout=30)
+    reasons = [json.loads(e)["reason"] for e in r.lrange("agentmesh:deadletter", 0, -1)]
+    assert any("invalid subtask payload" in x for x in reasons), reasons
+    assert any("unknown task" in x for x in reasons), reasons
+    assert any("undecodable" in x for x in reasons), reasons
+    listed = httpx.get(f"{mesh.api_url}/deadletter").json()
+    assert len(listed) >= 3
+
+    for name, proc in mesh.procs.items():
+        assert proc.alive(), f"{name} died"
+    done = mesh.cli("submit", "still serving?", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"

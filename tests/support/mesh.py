@@ -1,0 +1,264 @@
+"""The mesh as local processes: real redis-server, Chroma, scripted model, orchestrator
+and worker processes, each on a free loopback port, for the integration tier.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from tests.support.chroma_server import free_port, start_chroma
+
+BIN = Path(sys.executable).parent
+
+
+class NotReadyError(Exception):
+    pass
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Retry ``check`` with backoff until it returns true; fail naming ``what``."""
+
+    def attempt() -> None:
+        if not check():
+            raise NotReadyError(what)
+
+    for try_ in Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type((NotReadyError, httpx.HTTPError, redis.RedisError, OSError)),
+        reraise=True,
+    ):
+        with try_:
+            attempt()
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def redis_server_bin() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError(
+            "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
+        )
+    return found
+
+
+@dataclass
+class LocalMesh:
+    root: Path
+    llm_delay_ms: int = 0
+    redis_port: int = field(default_factory=free_port)
+    llm_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    chroma_url: str = ""
+    procs: dict[str, Proc] = field(default_factory=dict)
+    _worker_seq: int = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AGENTMESH_", "ANTHROPIC_", "OTEL_", "SCRIPTED_LLM_"))
+            and k not in {"REDIS_URL", "CHROMA_URL", "REDIS_PASSWORD"}
+        }
+        env.update(
+            {
+                "REDIS_URL": self.redis_url,
+                "CHROMA_URL": self.chroma_url,
+                "ANTHROPIC_API_KEY": "scripted-test-key",
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{self.llm_port}",
+                "AGENTMESH_API_PORT": str(self.api_port),
+                "AGENTMESH_API_URL": self.api_url,
+                "AGENTMESH_SECRETS_DIR": str(self.root / "no-secrets"),
+                "AGENTMESH_ENVIRONMENT": "test",
+                "AGENTMESH_LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    # -- services -------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        data = self.root / "redis"
+        data.mkdir(exist_ok=True)
+        self.procs["redis"] = Proc(
+            "redis",
+            [
+                redis_server_bin(),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            self.env(),
+            self.root / "redis.log",
+        ).start()
+        wait_until(lambda: bool(self.redis().ping()), "redis-server to answer PING")
+
+    def start_llm(self) -> None:
+        self.procs["llm"] = Proc(
+            "llm",
+            [
+                str(BIN / "agentmesh-scripted-llm"),
+                "--port",
+                str(self.llm_port),
+                "--delay-ms",
+                str(self.llm_delay_ms),
+            ],
+            self.env(),
+            self.root / "llm.log",
+        ).start()
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{self.llm_port}/healthz").is_success,
+            "the scripted model to listen",
+        )
+
+    def start_orchestrator(self) -> Proc:
+        proc = Proc(
+            "orchestrator",
+            [str(BIN / "orchestrator"), "serve"],
+            self.env(),
+            self.root / "orchestrator.log",
+        ).start()
+        self.procs["orchestrator"] = proc
+        wait_until(
+            lambda: httpx.get(f"{self.api_url}/readyz").is_success, "the orchestrator to be ready"
+        )
+        return proc
+
+    def start_worker(self, role: str, **extra_env: str) -> Proc:
+        self._worker_seq += 1
+        name = f"{role}-{self._worker_seq}"
+        hb = self.root / f"{name}.heartbeat"
+        proc = Proc(
+            name,
+            [str(BIN / f"{role}-worker")],
+            self.env(
+                AGENTMESH_HEARTBEAT_FILE=str(hb),
+                AGENTMESH_HEARTBEAT_INTERVAL_S="1",
+                AGENTMESH_SCRATCH_ROOT=str(self.root / "scratch" / name),
+                AGENTMESH_WORKER_HOSTNAME=name,
+                **extra_env,
+            ),
+            self.root / f"{name}.log",
+        ).start()
+        self.procs[name] = proc
+        wait_until(hb.exists, f"{name} to send its first heartbeat", timeout=90)
+        return proc
+
+    def cli(
+        self, *args: str, input_text: str | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "orchestrator"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=timeout,
+            check=False,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {n} =====\n{p.log_tail()}" for n, p in self.procs.items())
+
+    def stop(self) -> None:
+        for name in [n for n in self.procs if n not in {"redis", "llm"}] + ["llm", "redis"]:
+            if name in self.procs:
+                self.procs[name].stop()
+
+
+@contextmanager
+def local_mesh(
+    root: Path, *, researchers: int = 1, coders: int = 1, llm_delay_ms: int = 0
+) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(root=root, llm_delay_ms=llm_delay_ms)
+    with ExitStack() as stack:
+        stack.callback(mesh.stop)
+        mesh.start_redis()
+        mesh.chroma_url = stack.enter_context(start_chroma(free_port(), root / "chroma"))
+        mesh.start_llm()
+        mesh.start_orchestrator()
+        for _ in range(researchers):
+            mesh.start_worker("researcher")
+        for _ in range(coders):
+            mesh.start_worker("coder")
+        yield mesh

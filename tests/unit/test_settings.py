@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentmesh_shared.settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("AGENTMESH_", "ANTHROPIC_")) or name in {"REDIS_URL", "CHROMA_URL", "REDIS_PASSWORD"}:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTMESH_SECRETS_DIR", str(tmp_path / "none"))
+
+
+def test_a_bad_value_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTMESH_MAX_STEPS", "lots")
+    monkeypatch.setenv("REDIS_URL", "http://not-redis")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "AGENTMESH_MAX_STEPS" in str(err.value)
+    assert "REDIS_URL" in str(err.value)
+
+
+def test_secrets_are_never_echoed_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "changeme")
+    monkeypatch.setenv("AGENTMESH_ENVIRONMENT", "production")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "placeholder" in str(err.value)
+
+
+def test_visibility_timeout_must_outlast_subtasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTMESH_VISIBILITY_TIMEOUT_S", "60")
+    monkeypatch.setenv("AGENTMESH_SUBTASK_TIMEOUT_S", "120")
+    with pytest.raises(SettingsError, match="AGENTMESH_VISIBILITY_TIMEOUT_S"):
+        load_settings()
+
+
+def test_secret_files_are_read_and_the_password_is_quoted(tmp_path: Path) -> None:
+    (tmp_path / "anthropic_api_key").write_text("sk-from-file\n")
+    (tmp_path / "redis_password").write_text("p@ss/word")
+    settings = Settings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.anthropic_api_key is not None
+    assert settings.anthropic_api_key.get_secret_value() == "sk-from-file"
+    assert settings.redis_connection_url() == "redis://:p%40ss%2Fword@127.0.0.1:6379/0"
+    assert "sk-from-file" not in repr(settings)
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTMESH_MODEL", "claude-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://gateway:9000")
+    settings = load_settings()
+    assert settings.model == "claude-test"
+    assert str(settings.anthropic_base_url) == "http://gateway:9000/"
+    assert not settings.llm_configured
