@@ -21,6 +21,7 @@ from pydantic import (
     RedisDsn,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +107,14 @@ class Settings(BaseSettings):
     sandbox_file_mb: PositiveInt = 8
     sandbox_output_bytes: PositiveInt = 64_000
     sandbox_wall_s: PositiveFloat = 30.0
+
+    @field_validator("anthropic_api_key", "redis_password", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """An empty secret file (``make up`` creates one as a placeholder) means "not set"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
