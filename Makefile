@@ -72,6 +72,10 @@ scale: ## scale workers: make scale researcher=N coder=M
 	@scripts/wait-healthy.sh $(COMPOSE)
 	@$(COMPOSE) exec -T orchestrator orchestrator workers
 
+.PHONY: audit
+audit: ## prove the running mesh's hardening from inside every agent container
+	@scripts/audit.sh $(COMPOSE)
+
 # --- development ------------------------------------------------------------------------
 .PHONY: bootstrap
 bootstrap: ## install uv, the workspace venv, a Chroma server and redis-server for tests/development

@@ -42,8 +42,13 @@ def main() -> None:
     def noop(subtask_id: str) -> None:
         now = time.time()
         result = SubtaskResult(
-            task_id="bench", subtask_id=subtask_id, role=Role.CODER, status="succeeded",
-            worker="bench", started_at=now, finished_at=now,
+            task_id="bench",
+            subtask_id=subtask_id,
+            role=Role.CODER,
+            status="succeeded",
+            worker="bench",
+            started_at=now,
+            finished_at=now,
         )
         pipe = client.pipeline()
         pipe.set(keys.subtask_result(subtask_id), result.model_dump_json(), nx=True, ex=600)
@@ -51,7 +56,19 @@ def main() -> None:
         pipe.execute()
 
     beat(settings.heartbeat_file)
-    app.worker_main(["worker", "--pool=threads", "-c", "4", f"-Q{QUEUE}", "--without-gossip", "--without-mingle", "-l", "WARNING"])
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            "-c",
+            "4",
+            f"-Q{QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ def bench_end_to_end(mesh: LocalMesh, n: int) -> dict[str, Any]:
             task = httpx.get(f"{mesh.api_url}/tasks/{task['id']}").json()
         assert task["status"] == "succeeded", task
         times.append(time.perf_counter() - start)
-    return {"tasks": n, "p50_s": round(_p50(times), 3), "min_s": round(min(times), 3), "max_s": round(max(times), 3)}
+    return {
+        "tasks": n,
+        "p50_s": round(_p50(times), 3),
+        "min_s": round(min(times), 3),
+        "max_s": round(max(times), 3),
+    }
 
 
 def bench_concurrency(root: Path, loops: int, delay_ms: int) -> dict[str, Any]:
@@ -71,10 +76,18 @@ def bench_concurrency(root: Path, loops: int, delay_ms: int) -> dict[str, Any]:
         ids = []
         for i in range(loops):
             msg = SubtaskMessage(
-                task_id="bench", subtask_id=f"bench-{i}", role=Role.RESEARCHER,
-                instruction=f"concurrency probe {i}", max_steps=5, deadline=time.time() + 600,
+                task_id="bench",
+                subtask_id=f"bench-{i}",
+                role=Role.RESEARCHER,
+                instruction=f"concurrency probe {i}",
+                max_steps=5,
+                deadline=time.time() + 600,
             )
-            app.send_task(TASK_NAME_BY_ROLE[Role.RESEARCHER], args=[msg.model_dump(mode="json")], queue="research")
+            app.send_task(
+                TASK_NAME_BY_ROLE[Role.RESEARCHER],
+                args=[msg.model_dump(mode="json")],
+                queue="research",
+            )
             ids.append(msg.subtask_id)
         peak_in_flight = 0
         peak_rss = idle_rss
@@ -120,14 +133,30 @@ def bench_dispatch(root: Path, n: int) -> dict[str, Any]:
         (root / "rawbench.py").write_text(_RAW_APP.format(broker=mesh.redis_url))
         raw_worker = Proc(
             "raw-worker",
-            [str(BIN / "celery"), "-A", "rawbench", "worker", "--pool=threads", "-c", "4", "-Q", "celery", "--without-gossip", "--without-mingle", "-l", "WARNING"],
+            [
+                str(BIN / "celery"),
+                "-A",
+                "rawbench",
+                "worker",
+                "--pool=threads",
+                "-c",
+                "4",
+                "-Q",
+                "celery",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "WARNING",
+            ],
             {**mesh.env(), "PYTHONPATH": str(root)},
             root / "raw-worker.log",
         ).start()
         ours = Proc(
             "ours-worker",
             [sys.executable, "-m", "tests.bench.noop_worker"],
-            mesh.env(AGENTMESH_HEARTBEAT_FILE=str(root / "noop.hb"), AGENTMESH_WORKER_CONCURRENCY="4"),
+            mesh.env(
+                AGENTMESH_HEARTBEAT_FILE=str(root / "noop.hb"), AGENTMESH_WORKER_CONCURRENCY="4"
+            ),
             root / "ours-worker.log",
         ).start()
         mesh.procs["raw-worker"], mesh.procs["ours-worker"] = raw_worker, ours

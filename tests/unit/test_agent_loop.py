@@ -20,7 +20,9 @@ def llm() -> Iterator[anthropic.Anthropic]:
     server = ScriptedServer(("127.0.0.1", 0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    client = anthropic.Anthropic(api_key="k", base_url=f"http://127.0.0.1:{server.server_address[1]}", max_retries=0)
+    client = anthropic.Anthropic(
+        api_key="k", base_url=f"http://127.0.0.1:{server.server_address[1]}", max_retries=0
+    )
     yield client
     server.shutdown()
     server.server_close()
@@ -32,7 +34,15 @@ class DelegateArgs(BaseModel):
 
 
 def _loop(llm: anthropic.Anthropic, tools: list[Tool[Any]], **kw: Any) -> AgentLoop:
-    defaults: dict[str, Any] = {"client": llm, "model": "m", "system": "s", "tools": tools, "task_id": "t1", "max_steps": 5, "deadline": time.time() + 30}
+    defaults: dict[str, Any] = {
+        "client": llm,
+        "model": "m",
+        "system": "s",
+        "tools": tools,
+        "task_id": "t1",
+        "max_steps": 5,
+        "deadline": time.time() + 30,
+    }
     defaults.update(kw)
     return AgentLoop(**defaults)
 
@@ -47,7 +57,9 @@ def test_parallel_tool_calls_of_one_turn_run_concurrently(llm: anthropic.Anthrop
         return f"{args.role} done"
 
     steps: list[Any] = []
-    outcome = _loop(llm, [Tool("delegate", "d", DelegateArgs, delegate)], on_step=steps.append).run(prompt="plan this")
+    outcome = _loop(llm, [Tool("delegate", "d", DelegateArgs, delegate)], on_step=steps.append).run(
+        prompt="plan this"
+    )
     assert sorted(seen) == ["coder", "researcher"]
     assert outcome.text.startswith("[scripted model] Synthesis")
     assert "researcher done" in outcome.text and "coder done" in outcome.text
@@ -62,7 +74,12 @@ def test_invalid_tool_input_goes_back_to_the_model_as_an_error(llm: anthropic.An
         role: int  # the script sends a string: validation fails
 
     outcome = _loop(llm, [Tool("delegate", "d", Strict, lambda a, c: "x")]).run(prompt="p")
-    results = [b for m in outcome.state.messages if m["role"] == "user" and isinstance(m["content"], list) for b in m["content"]]
+    results = [
+        b
+        for m in outcome.state.messages
+        if m["role"] == "user" and isinstance(m["content"], list)
+        for b in m["content"]
+    ]
     assert all(b["is_error"] for b in results)
     assert "invalid input for delegate" in results[0]["content"]
 
@@ -77,7 +94,9 @@ def test_max_steps_and_deadline_are_enforced(llm: anthropic.Anthropic) -> None:
     assert late.value.limit == "timeout"
 
 
-def test_a_loop_resumes_from_a_checkpoint_without_repeating_model_calls(llm: anthropic.Anthropic) -> None:
+def test_a_loop_resumes_from_a_checkpoint_without_repeating_model_calls(
+    llm: anthropic.Anthropic,
+) -> None:
     checkpoints: list[dict[str, Any]] = []
     calls: list[str] = []
 

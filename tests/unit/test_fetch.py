@@ -53,7 +53,9 @@ def test_fetch_reads_a_real_page_and_bounds_its_size(site: str) -> None:
         assert not page.is_error and "Title Body text" in page.content
         big = tool.invoke({"url": site + "/big"}, CTX)
         assert big.content.count("z") == 1000
-        denied = fetch_url_tool(load_settings(fetch_allowlist="example.com"), client).invoke({"url": site + "/"}, CTX)
+        denied = fetch_url_tool(load_settings(fetch_allowlist="example.com"), client).invoke(
+            {"url": site + "/"}, CTX
+        )
         assert denied.is_error and "ALLOWLIST" in denied.content
         bad = tool.invoke({"url": "ftp://x"}, CTX)
         assert bad.is_error

@@ -23,20 +23,45 @@ def test_blank_text_is_rejected(text: str) -> None:
         TaskRequest(text=text)
 
 
-@given(task_id=ids, subtask_id=ids, role=st.sampled_from(list(Role)), instruction=st.text(min_size=1, max_size=200))
-def test_subtask_messages_round_trip_through_json(task_id: str, subtask_id: str, role: Role, instruction: str) -> None:
-    msg = SubtaskMessage(task_id=task_id, subtask_id=subtask_id, role=role, instruction=instruction, max_steps=3, deadline=1.0)
+@given(
+    task_id=ids,
+    subtask_id=ids,
+    role=st.sampled_from(list(Role)),
+    instruction=st.text(min_size=1, max_size=200),
+)
+def test_subtask_messages_round_trip_through_json(
+    task_id: str, subtask_id: str, role: Role, instruction: str
+) -> None:
+    msg = SubtaskMessage(
+        task_id=task_id,
+        subtask_id=subtask_id,
+        role=role,
+        instruction=instruction,
+        max_steps=3,
+        deadline=1.0,
+    )
     assert SubtaskMessage.model_validate(msg.model_dump(mode="json")) == msg
 
 
-@given(payload=st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(max_size=10)), max_size=6))
+@given(
+    payload=st.dictionaries(
+        st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(max_size=10)), max_size=6
+    )
+)
 def test_arbitrary_payloads_never_pass_as_subtasks_by_accident(payload: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         SubtaskMessage.model_validate(payload)
 
 
 def test_unknown_fields_and_versions_are_refused() -> None:
-    good = {"task_id": "t", "subtask_id": "s", "role": "coder", "instruction": "x", "max_steps": 1, "deadline": 1.0}
+    good = {
+        "task_id": "t",
+        "subtask_id": "s",
+        "role": "coder",
+        "instruction": "x",
+        "max_steps": 1,
+        "deadline": 1.0,
+    }
     SubtaskMessage.model_validate(good)
     with pytest.raises(ValidationError):
         SubtaskMessage.model_validate({**good, "extra": 1})

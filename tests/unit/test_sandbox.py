@@ -10,7 +10,12 @@ from agentmesh_shared.settings import load_settings
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Sandbox:
-    return Sandbox(load_settings(sandbox_wall_s=2.0, sandbox_output_bytes=1000, sandbox_file_mb=1, sandbox_memory_mb=200), tmp_path)
+    return Sandbox(
+        load_settings(
+            sandbox_wall_s=2.0, sandbox_output_bytes=1000, sandbox_file_mb=1, sandbox_memory_mb=200
+        ),
+        tmp_path,
+    )
 
 
 def run(sandbox: Sandbox, code: str) -> tuple[int | None, str, str, bool]:
@@ -36,7 +41,10 @@ def test_no_network_but_unix_sockets_work(sandbox: Sandbox) -> None:
 
 
 def test_wall_clock_kills_the_process_group(sandbox: Sandbox) -> None:
-    code, _, _, timed_out = run(sandbox, "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\nwhile True: pass\n")
+    code, _, _, timed_out = run(
+        sandbox,
+        "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\nwhile True: pass\n",
+    )
     assert timed_out and code is None
 
 
@@ -53,5 +61,7 @@ def test_memory_file_size_and_output_are_limited(sandbox: Sandbox) -> None:
 
 def test_the_child_environment_is_clean(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "secret-key")
-    _, out, _, _ = run(sandbox, "import os; print(sorted(k for k in os.environ if 'KEY' in k or 'REDIS' in k))")
+    _, out, _, _ = run(
+        sandbox, "import os; print(sorted(k for k in os.environ if 'KEY' in k or 'REDIS' in k))"
+    )
     assert out == "[]\n"

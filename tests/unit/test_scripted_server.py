@@ -21,7 +21,9 @@ def url() -> Iterator[str]:
 
 def test_the_sdk_parses_replies_with_usage_and_label(url: str) -> None:
     client = anthropic.Anthropic(api_key="k", base_url=url, max_retries=0)
-    reply = client.messages.create(model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "hello"}])
+    reply = client.messages.create(
+        model="claude-x", max_tokens=100, messages=[{"role": "user", "content": "hello"}]
+    )
     assert reply.model == "claude-x"
     assert reply.stop_reason == "end_turn"
     assert reply.content[0].type == "text" and reply.content[0].text.startswith(LABEL)

@@ -12,7 +12,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith(("AGENTMESH_", "ANTHROPIC_")) or name in {"REDIS_URL", "CHROMA_URL", "REDIS_PASSWORD"}:
+        if name.startswith(("AGENTMESH_", "ANTHROPIC_")) or name in {
+            "REDIS_URL",
+            "CHROMA_URL",
+            "REDIS_PASSWORD",
+        }:
             monkeypatch.delenv(name)
     monkeypatch.setenv("AGENTMESH_SECRETS_DIR", str(tmp_path / "none"))
 

@@ -1,0 +1,144 @@
+"""The e2e tier: the real compose mesh in Docker, with the scripted model.
+
+It runs as its own compose project (agentmesh-e2e) with its own API port and
+volumes, so a developer's running mesh is untouched; the Makefile tears it down
+whatever the outcome and keeps pytest's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.chroma_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "agentmesh-e2e"
+
+
+def _compose_base() -> list[str]:
+    configured = os.environ.get("AGENTMESH_COMPOSE")
+    if configured:
+        return shlex.split(configured)
+    if (
+        subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        return ["docker", "compose"]
+    return ["docker-compose"]
+
+
+@dataclass
+class ComposeMesh:
+    env_file: Path
+    api_port: int
+
+    @property
+    def base(self) -> list[str]:
+        return [
+            *_compose_base(),
+            "--env-file",
+            str(self.env_file),
+            "-p",
+            PROJECT,
+            "--profile",
+            "scripted",
+        ]
+
+    def compose(
+        self, *args: str, timeout: float = 600, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*self.base, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"compose {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def wait_healthy(self, timeout: int = 300) -> None:
+        proc = subprocess.run(
+            [str(ROOT / "scripts" / "wait-healthy.sh"), *self.base],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "WAIT_TIMEOUT_S": str(timeout)},
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    def containers(self, service: str) -> list[str]:
+        out = self.compose("ps", "-q", service).stdout.split()
+        return [c for c in out if c]
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.compose(
+            "exec", "-T", "orchestrator", "orchestrator", *args, timeout=timeout, check=False
+        )
+
+    def inspect(self, container: str) -> dict[str, object]:
+        out = subprocess.run(
+            ["docker", "inspect", container], capture_output=True, text=True, check=True
+        ).stdout
+        data: dict[str, object] = json.loads(out)[0]
+        return data
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail=40", check=False).stdout[-20000:]
+
+
+def _write_env(path: Path, api_port: int) -> None:
+    images = (ROOT / "build" / "images.env").read_text()
+    path.write_text(
+        f"COMPOSE_PROJECT_NAME={PROJECT}\nAGENTMESH_ROOT={ROOT}\n{images}\n"
+        "AGENTMESH_MODE=scripted\nCOMPOSE_PROFILES=scripted\nANTHROPIC_BASE_URL=http://llm:8090\n"
+        "AGENTMESH_SCRIPTED_API_KEY=scripted-model-no-key-needed\n"
+        f"AGENTMESH_API_PORT={api_port}\nSCRIPTED_LLM_DELAY_MS=150\nAGENTMESH_WORKER_CONCURRENCY=16\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def compose_mesh() -> Iterator[ComposeMesh]:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0
+    ):
+        pytest.fail("the e2e tier needs a running Docker engine (docker info failed)")
+    if not (ROOT / "build" / "images.env").exists():
+        pytest.fail("build/images.env is missing: run `make images` (make test-e2e does)")
+    subprocess.run([str(ROOT / "scripts" / "secrets.sh")], check=True, cwd=ROOT)
+    env_file = ROOT / "build" / "e2e.env"
+    mesh = ComposeMesh(env_file=env_file, api_port=free_port())
+    _write_env(env_file, mesh.api_port)
+    mesh.compose("down", "--remove-orphans", "--volumes", check=False)
+    try:
+        mesh.compose("up", "-d", "--remove-orphans")
+        mesh.wait_healthy()
+        yield mesh
+    finally:
+        mesh.compose("down", "--remove-orphans", "--volumes", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed and "compose_mesh" in getattr(item, "funcargs", {}):
+        report.sections.append(("compose logs", item.funcargs["compose_mesh"].logs()))
+    return report
