@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from agentmesh_shared.settings import Settings, SettingsError, load_settings
 
 

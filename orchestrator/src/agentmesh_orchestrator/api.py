@@ -14,7 +14,7 @@ from typing import Annotated, Any, cast
 
 import httpx
 import redis
-from agentmesh_shared import deadletter, events, keys, telemetry
+from agentmesh_shared import deadletter, events, keys, metrics, telemetry
 from agentmesh_shared.models import (
     TaskEvent,
     TaskLimits,
@@ -111,6 +111,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             )
             stored = services.store.create(record, idempotency=idempotency_key)
             if stored.id == record.id:
+                metrics.tasks().add(1, {"status": "accepted"})
                 events.publish(services.redis, record.id, "task.queued", "task accepted")
                 services.planner.submit(record.id)
         return stored

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import anthropic
 import redis
-from agentmesh_shared import events, keys, telemetry
+from agentmesh_shared import events, keys, metrics, telemetry
 from agentmesh_shared.agent import (
     AgentLoop,
     CancelledError,
@@ -47,6 +47,8 @@ from agentmesh_shared.models import (
 from agentmesh_shared.settings import Settings
 from celery import Celery
 from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel, Field
 
 from agentmesh_orchestrator.store import TaskStore
@@ -171,6 +173,7 @@ class Planner:
                 is_cancelled=lambda: bool(self.redis.exists(keys.cancel_flag(task_id))),
                 on_checkpoint=lambda s: self._checkpoint(task_id, s),
                 on_step=lambda step: self._on_step(task_id, step),
+                agent_name="orchestrator",
             )
             outcome = loop.run(prompt=record.text, state=state)
         except LLMNotConfiguredError as err:
@@ -236,6 +239,9 @@ class Planner:
             self.store.update(task_id, apply)
         except KeyError:
             return
+        metrics.tasks().add(1, {"status": status.value})
+        if status is not TaskStatus.SUCCEEDED:
+            trace.get_current_span().set_status(StatusCode.ERROR, error or status.value)
         events.publish(
             self.redis,
             task_id,
@@ -276,13 +282,23 @@ class Planner:
                     max_steps=self.settings.max_steps,
                     deadline=deadline,
                 )
-                self.celery.send_task(
-                    TASK_NAME_BY_ROLE[args.role],
-                    args=[message.model_dump(mode="json")],
-                    task_id=subtask_id,
-                    queue=args.role.queue,
-                    headers=telemetry.inject(),
-                )
+                with _tracer.start_as_current_span(
+                    f"send {args.role.queue}",
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "celery",
+                        "messaging.operation.type": "send",
+                        "messaging.destination.name": args.role.queue,
+                        "messaging.message.id": subtask_id,
+                    },
+                ):
+                    self.celery.send_task(
+                        TASK_NAME_BY_ROLE[args.role],
+                        args=[message.model_dump(mode="json")],
+                        task_id=subtask_id,
+                        queue=args.role.queue,
+                        headers=telemetry.inject(),
+                    )
                 self._set_subtask(task_id, subtask_id, dispatched_at=time.time())
                 events.publish(
                     self.redis,

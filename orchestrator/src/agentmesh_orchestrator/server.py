@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 import uvicorn
+from agentmesh_shared import metrics
 from agentmesh_shared.logs import setup_logging
+from agentmesh_shared.models import Role
 from agentmesh_shared.settings import SettingsError, load_settings
-from agentmesh_shared.telemetry import setup_telemetry
+from agentmesh_shared.telemetry import setup_telemetry, shutdown_telemetry
 
 from agentmesh_orchestrator.api import create_app
 from agentmesh_orchestrator.service import Services
@@ -21,7 +23,15 @@ def run() -> None:
         print(f"orchestrator: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_telemetry("orchestrator")
-    app = create_app(Services.build(settings))
+    services = Services.build(settings)
+    queues = [role.queue for role in Role]
+    metrics.observe(
+        "agentmesh.queue.depth",
+        "{message}",
+        "messages waiting in each worker queue",
+        lambda: [(int(services.redis.llen(q)), {"messaging.destination.name": q}) for q in queues],
+    )
+    app = create_app(services)
     uvicorn.run(
         app,
         host=settings.api_host,
@@ -30,3 +40,4 @@ def run() -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    shutdown_telemetry()

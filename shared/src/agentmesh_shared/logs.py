@@ -1,4 +1,9 @@
-"""Structured JSON logs on stdout, one setup for every service."""
+"""Structured JSON logs on stdout, one setup for every service.
+
+Every line written inside a span carries its ``trace_id`` and ``span_id``, so a log
+line leads to its trace and back. Secrets never reach a log: settings hold them as
+``SecretStr`` and nothing formats them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,22 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from agentmesh_shared.telemetry import current_ids
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds the current span's ids to every record written while it is active."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = current_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
+        return True
+
 
 def setup_logging(service: str, level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(TraceContextFilter())
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",

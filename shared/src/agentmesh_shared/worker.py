@@ -29,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anthropic
 from celery import Celery, signals
 from celery.worker.consumer import Consumer
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
 
-from agentmesh_shared import deadletter, events, keys
+from agentmesh_shared import deadletter, events, keys, metrics, telemetry
 from agentmesh_shared.agent import (
     AgentLoop,
     CancelledError,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from agentmesh_shared.memory import MemoryClient
 
 log = logging.getLogger("agentmesh.worker")
+_tracer = telemetry.tracer("agentmesh.worker")
 RESULT_TTL_S = 7 * 24 * 3600
 
 
@@ -172,11 +176,20 @@ def execute_subtask(
         log.warning("subtask %s already has a result; redelivery absorbed", msg.subtask_id)
         _notify_done(runtime, msg.subtask_id)
         return
+    span = trace.get_current_span()
+    span.set_attribute("agentmesh.task_id", msg.task_id)
+    span.set_attribute("agentmesh.subtask_id", msg.subtask_id)
     runtime._enter()
     try:
-        _publish(runtime, _run(runtime, agent, msg))
+        result = _run(runtime, agent, msg)
+        _publish(runtime, result)
     finally:
         runtime._leave()
+    attrs = {"agentmesh.role": msg.role.value, "status": result.status}
+    metrics.subtasks().add(1, attrs)
+    metrics.subtask_duration().record(result.finished_at - result.started_at, attrs)
+    if result.status == "failed":
+        span.set_status(StatusCode.ERROR, result.error or "failed")
 
 
 def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
@@ -248,6 +261,7 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
         budget=runtime.budget,
         is_cancelled=lambda: bool(r.exists(keys.cancel_flag(msg.task_id))),
         on_step=on_step,
+        agent_name=msg.role.value,
     )
     try:
         outcome = loop.run(state=state)
@@ -367,7 +381,27 @@ def build_app(runtime: WorkerRuntime, agent: RoleAgent) -> Celery:
 
     @app.task(name=TASK_NAME_BY_ROLE[runtime.role], bind=True, typing=False)
     def run_subtask(self: Any, *args: Any, **kwargs: Any) -> None:
-        execute_subtask(runtime, agent, args, kwargs)
+        carrier = {
+            name: str(value)
+            for name in ("traceparent", "tracestate")
+            if (value := getattr(self.request, name, None))
+        }
+        token = otel_context.attach(telemetry.extract(carrier))
+        try:
+            with _tracer.start_as_current_span(
+                f"process {runtime.role.queue}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "celery",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": runtime.role.queue,
+                    "messaging.message.id": str(self.request.id),
+                    "agentmesh.role": runtime.role.value,
+                },
+            ):
+                execute_subtask(runtime, agent, args, kwargs)
+        finally:
+            otel_context.detach(token)
 
     def on_unknown(
         sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any
@@ -395,10 +429,18 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     runtime = WorkerRuntime(settings=settings, role=agent.role)
     _runtime = runtime
+    telemetry.setup_telemetry(agent.role.value, instance=runtime.hostname)
+    metrics.observe(
+        "agentmesh.worker.in_flight",
+        "{loop}",
+        "agent loops this worker holds now",
+        lambda: [(runtime.in_flight, {"agentmesh.role": agent.role.value})],
+    )
     app = build_app(runtime, agent)
     heartbeat = Heartbeat(runtime)
     signals.worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: telemetry.shutdown_telemetry(), weak=False)
     args = [
         "worker",
         "--pool=threads",

@@ -1,1 +1,2 @@
 
+# rebuild probe

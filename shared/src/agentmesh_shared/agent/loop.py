@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from agentmesh_shared import metrics
 from agentmesh_shared.agent.tools import Tool, ToolContext, ToolOutcome
 from agentmesh_shared.budget import BudgetExceededError, TokenBudget
 from agentmesh_shared.models import Usage
+from agentmesh_shared.telemetry import capture_content, tracer
+
+_tracer = tracer("agentmesh.agent")
 
 Message = dict[str, Any]
 
@@ -101,6 +108,7 @@ class AgentLoop:
     on_checkpoint: Callable[[LoopState], None] | None = None
     on_step: Callable[[StepRecord], None] | None = None
     tool_extra: dict[str, Any] = field(default_factory=dict)
+    agent_name: str = "agent"
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tools}
@@ -113,17 +121,54 @@ class AgentLoop:
                 msg = "run() needs a prompt or a state to resume"
                 raise ValueError(msg)
             state = LoopState(messages=[{"role": "user", "content": prompt}])
+        with _tracer.start_as_current_span(
+            f"invoke_agent {self.agent_name}",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": self.agent_name,
+                "gen_ai.provider.name": "anthropic",
+                "gen_ai.request.model": self.model,
+                "agentmesh.task_id": self.task_id,
+                "agentmesh.subtask_id": self.subtask_id or "",
+            },
+        ) as span:
+            try:
+                outcome = self._run(state)
+            except Exception as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err))
+                raise
+            span.set_attribute("agentmesh.steps", state.steps)
+            span.set_attribute("gen_ai.usage.input_tokens", state.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", state.usage.output_tokens)
+            return outcome
+
+    def _run(self, state: LoopState) -> LoopOutcome:
         while True:
             self._check_cancelled()
-            pending = state.pending_tool_uses()
-            if pending:
-                state.messages.append({"role": "user", "content": self._run_tools(pending, state)})
-                self._checkpoint(state)
+            if state.pending_tool_uses():
+                # Resumed between a model call and its tools: finish that step.
+                with self._step_span(state.steps):
+                    self._tools_step(state)
                 continue
             if state.messages and state.messages[-1]["role"] == "assistant":
                 return LoopOutcome(_final_text(state.messages[-1]), state)
-            self._call_model(state)
-            self._checkpoint(state)
+            with self._step_span(state.steps + 1):
+                self._call_model(state)
+                self._checkpoint(state)
+                if state.pending_tool_uses():
+                    self._check_cancelled()
+                    self._tools_step(state)
+
+    def _step_span(self, step: int) -> AbstractContextManager[Span]:
+        return _tracer.start_as_current_span(
+            "agent.step", attributes={"agentmesh.step": step, "gen_ai.agent.name": self.agent_name}
+        )
+
+    def _tools_step(self, state: LoopState) -> None:
+        results = self._run_tools(state.pending_tool_uses(), state)
+        state.messages.append({"role": "user", "content": results})
+        self._checkpoint(state)
 
     # -- one model call -------------------------------------------------------------
     def _call_model(self, state: LoopState) -> None:
@@ -138,13 +183,48 @@ class AgentLoop:
             except BudgetExceededError as err:
                 raise LoopLimitError("token_budget", str(err)) from err
         started = time.monotonic()
-        response = self.client.messages.create(
-            model=self.model,
-            max_tokens=self.max_tokens,
-            system=self.system,
-            tools=[t.schema() for t in self.tools],  # type: ignore[misc]
-            messages=state.messages,  # type: ignore[arg-type]
-            timeout=min(self.llm_timeout_s, remaining),
+        with _tracer.start_as_current_span(
+            f"chat {self.model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "anthropic",
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": self.model,
+                "gen_ai.request.max_tokens": self.max_tokens,
+                "gen_ai.agent.name": self.agent_name,
+            },
+        ) as span:
+            if capture_content():
+                span.set_attribute("gen_ai.input.messages", json.dumps(state.messages)[:100_000])
+            try:
+                response = self.client.messages.create(
+                    model=self.model,
+                    max_tokens=self.max_tokens,
+                    system=self.system,
+                    tools=[t.schema() for t in self.tools],  # type: ignore[misc]
+                    messages=state.messages,  # type: ignore[arg-type]
+                    timeout=min(self.llm_timeout_s, remaining),
+                )
+            except Exception as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, f"{type(err).__name__}: {err}")
+                span.set_attribute("error.type", type(err).__name__)
+                raise
+            span.set_attribute("gen_ai.response.model", response.model)
+            span.set_attribute("gen_ai.response.id", response.id)
+            span.set_attribute(
+                "gen_ai.response.finish_reasons", [response.stop_reason or "unknown"]
+            )
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
+            if capture_content():
+                span.set_attribute(
+                    "gen_ai.output.messages",
+                    json.dumps([b.model_dump(mode="json") for b in response.content])[:100_000],
+                )
+        metrics.record_tokens(
+            self.model, self.agent_name, response.usage.input_tokens, response.usage.output_tokens
         )
         usage = Usage(
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens
@@ -155,7 +235,8 @@ class AgentLoop:
             self.budget.consume(self.task_id, usage.total)
         content = [block.model_dump(mode="json", exclude_none=True) for block in response.content]
         for block in content:
-            block.pop("citations", None) if block.get("type") == "text" else None
+            if block.get("type") == "text":
+                block.pop("citations", None)
         state.messages.append({"role": "assistant", "content": content})
         if self.on_step is not None:
             self.on_step(
@@ -189,17 +270,31 @@ class AgentLoop:
             return [f.result() for f in futures]
 
     def _invoke(self, call: Message, step: int) -> ToolOutcome:
-        tool = self._by_name.get(str(call.get("name")))
-        if tool is None:
-            return ToolOutcome(f"unknown tool {call.get('name')!r}", is_error=True)
-        ctx = ToolContext(
-            task_id=self.task_id,
-            subtask_id=self.subtask_id,
-            tool_use_id=str(call["id"]),
-            step=step,
-            extra=self.tool_extra,
-        )
-        return tool.invoke(call.get("input", {}), ctx)
+        name = str(call.get("name"))
+        with _tracer.start_as_current_span(
+            f"execute_tool {name}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "gen_ai.tool.call.id": str(call.get("id")),
+                "gen_ai.agent.name": self.agent_name,
+            },
+        ) as span:
+            tool = self._by_name.get(name)
+            if tool is None:
+                outcome = ToolOutcome(f"unknown tool {name!r}", is_error=True)
+            else:
+                ctx = ToolContext(
+                    task_id=self.task_id,
+                    subtask_id=self.subtask_id,
+                    tool_use_id=str(call["id"]),
+                    step=step,
+                    extra=self.tool_extra,
+                )
+                outcome = tool.invoke(call.get("input", {}), ctx)
+            if outcome.is_error:
+                span.set_status(StatusCode.ERROR, outcome.content[:500])
+            return outcome
 
     def _checkpoint(self, state: LoopState) -> None:
         if self.on_checkpoint is not None:

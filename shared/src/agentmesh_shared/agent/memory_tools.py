@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import itertools
 import threading
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import BaseModel, Field
 
 from agentmesh_shared.agent.tools import Tool, ToolContext, ToolError
+from agentmesh_shared.telemetry import tracer
 
 if TYPE_CHECKING:
     from agentmesh_shared.memory import MemoryClient
+
+
+_tracer = tracer("agentmesh.memory")
+
+
+def _memory_span(operation: str, memory: MemoryClient) -> AbstractContextManager[Span]:
+    return _tracer.start_as_current_span(
+        f"{operation} {memory.collection_name}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system.name": "chromadb",
+            "db.operation.name": operation,
+            "db.collection.name": memory.collection_name,
+            "server.address": memory.url,
+        },
+    )
 
 
 class MemorySearchInput(BaseModel):
@@ -29,10 +48,14 @@ class MemoryStoreInput(BaseModel):
 def memory_search_tool(memory: MemoryClient) -> Tool[MemorySearchInput]:
     def search(args: MemorySearchInput, ctx: ToolContext) -> str:
         where = {"task_id": ctx.task_id} if args.this_task_only else None
-        try:
-            hits = memory.search(args.query, k=args.k, where=where)
-        except Exception as err:
-            raise ToolError(f"memory is unavailable: {err}") from err
+        with _memory_span("query", memory) as span:
+            try:
+                hits = memory.search(args.query, k=args.k, where=where)
+            except Exception as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err))
+                raise ToolError(f"memory is unavailable: {err}") from err
+            span.set_attribute("db.response.returned_rows", len(hits))
         if not hits:
             return "no notes found"
         return "\n".join(
@@ -77,10 +100,14 @@ def memory_store_tool(memory: MemoryClient, ids: NoteIds, role: str) -> Tool[Mem
             metadata["title"] = args.title
         if args.source_url:
             metadata["source_url"] = args.source_url
-        try:
-            memory.store(note_id, args.text, metadata)
-        except Exception as err:
-            raise ToolError(f"memory is unavailable: {err}") from err
+        with _memory_span("upsert", memory) as span:
+            span.set_attribute("agentmesh.memory.note_id", note_id)
+            try:
+                memory.store(note_id, args.text, metadata)
+            except Exception as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err))
+                raise ToolError(f"memory is unavailable: {err}") from err
         return f"stored note {note_id}"
 
     return Tool(
