@@ -9,10 +9,9 @@ from typing import Any
 
 import anthropic
 import pytest
-from pydantic import BaseModel
-
 from agentmesh_shared.agent import AgentLoop, LoopLimitError, LoopState, Tool, ToolContext
 from agentmesh_shared.llm.scripted_server import ScriptedServer
+from pydantic import BaseModel
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-
 from agentmesh_researcher.fetch import fetch_url_tool, host_allowed, html_to_text
 from agentmesh_shared.agent import ToolContext
 from agentmesh_shared.settings import load_settings

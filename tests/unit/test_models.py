@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from agentmesh_shared.models import Role, SubtaskMessage, SubtaskResult, TaskRequest, Usage
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-
-from agentmesh_shared.models import Role, SubtaskMessage, SubtaskResult, TaskRequest, Usage
 
 ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from agentmesh_coder.sandbox import Sandbox
 from agentmesh_shared.settings import load_settings
 

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 import anthropic
 import httpx
 import pytest
-
 from agentmesh_shared.llm.scripted_server import LABEL, ScriptedServer
 
 
