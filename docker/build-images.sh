@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# Build every image the mesh runs, with or without an image registry.
+#
+#   docker/build-images.sh        decide the image source, build, write build/images.env
+#
+# Image source (AGENTMESH_IMAGE_SOURCE=official|offline overrides the decision):
+#   official  `docker pull python:3.12-slim` works: the official Python base and the
+#             official Redis, Chroma and OpenTelemetry Collector images are pulled.
+#   offline   no registry: a Debian bookworm root filesystem, built with mmdebstrap
+#             from the host's apt mirror, is imported as agentmesh/python-base:bookworm,
+#             and Redis, Chroma and the collector are stand-ins built on it
+#             (agentmesh/{redis,chroma,otel-collector}:offline).
+# Either way the orchestrator, researcher and coder images come from the same
+# Dockerfiles, with every wheel downloaded on the host into build/wheelhouse/ first:
+# build containers never need an index or a mirror.
+#
+# Idempotent and cached: an existing base image is kept, wheels and Debian packages
+# are downloaded again only when their pins change, Docker's layer cache does the
+# rest (a one-line code change rebuilds the three service images in seconds).
+#
+# Writes build/images.env (image names for compose and the Makefile).
+#
+# Environment (all optional):
+#   AGENTMESH_IMAGE_SOURCE     official | offline (default: decided by a test pull)
+#   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
+#   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest)
+#   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
+#   AGENTMESH_DEBIAN_SECURITY  Debian security mirror (default: the host's)
+#   OFFICIAL_PYTHON_IMAGE, OFFICIAL_REDIS_IMAGE, OFFICIAL_CHROMA_IMAGE,
+#   OFFICIAL_COLLECTOR_IMAGE   the official images (defaults below)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OFFICIAL_PYTHON_IMAGE=${OFFICIAL_PYTHON_IMAGE:-python:3.12-slim}
+OFFICIAL_REDIS_IMAGE=${OFFICIAL_REDIS_IMAGE:-redis:7.4-bookworm}
+OFFICIAL_COLLECTOR_IMAGE=${OFFICIAL_COLLECTOR_IMAGE:-otel/opentelemetry-collector-contrib:0.150.0}
+BASE_IMAGE=agentmesh/python-base:bookworm
+DEBIAN_SUITE=bookworm
+BASE_PACKAGES=python3,python3-venv,ca-certificates,netbase,usr-is-merged
+IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
+SERVICES=(orchestrator researcher coder)
+declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/researcher [coder]=agents/coder)
+declare -A SERVICE_SCRIPTS=(
+	[orchestrator]="orchestrator agentmesh-scripted-llm"
+	[researcher]="researcher-worker"
+	[coder]="coder-worker"
+)
+UV_VERSION=0.13.9
+
+BUILD=build
+WHEELHOUSE=$BUILD/wheelhouse
+LOGS=$BUILD/logs
+started=$(date +%s)
+
+log() { printf 'build-images: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+lock_version() { # the version of a package in uv.lock
+	awk -v name="$1" '$0 == "name = \"" name "\"" { getline; gsub(/[^0-9A-Za-z.]/, "", $0); sub(/^version/, "", $0); print; exit }' uv.lock
+}
+
+# docker build with its output in build/logs/<name>.log, shown when it fails.
+docker_build() {
+	local name=$1
+	shift
+	local began=$SECONDS
+	mkdir -p "$LOGS"
+	if ! docker build "$@" >"$LOGS/$name.log" 2>&1; then
+		tail -n 40 "$LOGS/$name.log" >&2
+		die "building $name failed (full log: $LOGS/$name.log)"
+	fi
+	log "built $name in $((SECONDS - began)) s"
+}
+
+choose_source() {
+	case "${AGENTMESH_IMAGE_SOURCE:-}" in
+	official | offline)
+		SOURCE=$AGENTMESH_IMAGE_SOURCE
+		REASON="AGENTMESH_IMAGE_SOURCE=$SOURCE"
+		;;
+	"")
+		if timeout "${AGENTMESH_PULL_TIMEOUT:-120}" docker pull --quiet "$OFFICIAL_PYTHON_IMAGE" >/dev/null 2>&1; then
+			SOURCE=official
+			REASON="docker pull $OFFICIAL_PYTHON_IMAGE succeeded"
+		else
+			SOURCE=offline
+			REASON="docker pull $OFFICIAL_PYTHON_IMAGE failed: no registry reachable"
+		fi
+		;;
+	*) die "AGENTMESH_IMAGE_SOURCE must be official or offline, not '$AGENTMESH_IMAGE_SOURCE'" ;;
+	esac
+	if [ "$SOURCE" = official ]; then
+		echo "images: official ($REASON): pulling the official base and infrastructure images"
+	else
+		echo "images: offline ($REASON): base from Debian packages, stand-ins for Redis, Chroma and the collector"
+	fi
+}
+
+ensure_uv() {
+	if [ -x .tools/uv/bin/uv ]; then
+		UV=.tools/uv/bin/uv
+	elif command -v uv >/dev/null 2>&1; then
+		UV=$(command -v uv)
+	else
+		log "installing uv $UV_VERSION into .tools/uv"
+		python3 -m venv .tools/uv
+		.tools/uv/bin/pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+		UV=.tools/uv/bin/uv
+	fi
+}
+
+# The first URI of the host's apt sources that matches a pattern.
+host_mirror() {
+	local pattern=$1 fallback=$2 uri
+	uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+		awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i } /^deb / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' |
+		grep -E "$pattern" | head -n 1 || true)
+	echo "${uri:-$fallback}"
+}
+
+# agentmesh/python-base:bookworm: Debian minbase + Python, imported as an image.
+build_base_image() {
+	if image_exists "$BASE_IMAGE"; then
+		log "base image $BASE_IMAGE exists: kept (docker rmi it to rebuild)"
+		return
+	fi
+	if ! command -v mmdebstrap >/dev/null 2>&1; then
+		[ "$(id -u)" = 0 ] || die "mmdebstrap is missing: sudo apt-get install mmdebstrap"
+		log "installing mmdebstrap with apt"
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+	fi
+	[ "$(id -u)" = 0 ] || die "building the base root filesystem needs root (mmdebstrap)"
+	local mirror security began=$SECONDS
+	mirror=${AGENTMESH_DEBIAN_MIRROR:-$(host_mirror '/debian/?$' http://deb.debian.org/debian)}
+	security=${AGENTMESH_DEBIAN_SECURITY:-$(host_mirror '/debian-security/?$' http://deb.debian.org/debian-security)}
+	log "building $BASE_IMAGE from $mirror (mmdebstrap, about a minute)"
+	mkdir -p "$BUILD/base" "$LOGS"
+	rm -f "$BUILD/base/rootfs.tar"
+	# shellcheck disable=SC2016 # "$1" is the hook's argument, expanded by mmdebstrap
+	if ! mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
+		--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+		--aptopt='Acquire::Languages "none"' \
+		--dpkgopt='path-exclude=/usr/share/man/*' \
+		--dpkgopt='path-exclude=/usr/share/doc/*' \
+		--dpkgopt='path-include=/usr/share/doc/*/copyright' \
+		--dpkgopt='path-exclude=/usr/share/locale/*' \
+		--dpkgopt='path-include=/usr/share/locale/locale.alias' \
+		--dpkgopt='path-exclude=/usr/share/info/*' \
+		--dpkgopt='path-exclude=/usr/share/lintian/*' \
+		--customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/log/apt/eipp.log.xz' \
+		"$DEBIAN_SUITE" "$BUILD/base/rootfs.tar" \
+		"deb $mirror $DEBIAN_SUITE main" \
+		"deb $mirror $DEBIAN_SUITE-updates main" \
+		"deb $security $DEBIAN_SUITE-security main" >"$LOGS/python-base.log" 2>&1; then
+		tail -n 40 "$LOGS/python-base.log" >&2
+		die "mmdebstrap failed (full log: $LOGS/python-base.log)"
+	fi
+	docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'CMD ["python3"]' \
+		--change 'LABEL org.opencontainers.image.title="agentmesh-python-base" org.opencontainers.image.description="Debian bookworm minbase with python3 and python3-venv"' \
+		"$BUILD/base/rootfs.tar" "$BASE_IMAGE" >/dev/null
+	rm -f "$BUILD/base/rootfs.tar"
+	log "built $BASE_IMAGE in $((SECONDS - began)) s"
+}
+
+# The wheel tag and marker environment of the image's interpreter.
+probe_python() {
+	local image=$1 env_json
+	env_json=$(docker run --rm -i --network none "$image" python3 - <docker/target-env.py) ||
+		die "cannot run python3 in $image"
+	PYTHON_TAG=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["python_tag"])' "$env_json")
+	mkdir -p "$WHEELHOUSE/$PYTHON_TAG"
+	printf '%s\n' "$env_json" >"$WHEELHOUSE/$PYTHON_TAG/target.json"
+	TARGET_JSON=$WHEELHOUSE/$PYTHON_TAG/target.json
+	log "$image runs CPython $(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["markers"]["python_full_version"])' "$env_json") ($PYTHON_TAG)"
+}
+
+# build/wheelhouse/<tag>/{shared,orchestrator,researcher,coder}/ and tools/.
+fill_wheelhouse() {
+	local exports=$BUILD/exports members=$BUILD/members member service
+	mkdir -p "$exports" "$members"
+	for member in shared "${SERVICES[@]}"; do
+		"$UV" export --quiet --frozen --no-dev --no-emit-workspace --no-header --no-annotate \
+			--package "agentmesh-$member" --output-file "$exports/$member.txt"
+	done
+	rm -f "$members"/*.whl
+	for member in shared "${SERVICES[@]}"; do
+		"$UV" build --quiet --wheel --package "agentmesh-$member" --out-dir "$members" 2>"$LOGS/uv-build.log" ||
+			{
+				cat "$LOGS/uv-build.log" >&2
+				die "uv build of agentmesh-$member failed"
+			}
+	done
+	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/build-tools.txt \
+		--dest "$WHEELHOUSE/tools"
+	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements "$exports/shared.txt" \
+		--dest "$WHEELHOUSE/$PYTHON_TAG/shared"
+	for service in "${SERVICES[@]}"; do
+		python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements "$exports/$service.txt" \
+			--exclude "$exports/shared.txt" \
+			--local-wheel "$(echo "$members"/agentmesh_shared-*.whl)" \
+			--local-wheel "$(echo "$members"/agentmesh_"$service"-*.whl)" \
+			--dest "$WHEELHOUSE/$PYTHON_TAG/$service"
+	done
+}
+
+# The three Dockerfiles must agree byte for byte up to the end of the shared layers,
+# or the images stop sharing them (and the embedding model is stored three times).
+check_shared_layers() {
+	local reference="" service block
+	for service in "${SERVICES[@]}"; do
+		block=$(sed -n '/^# ---- shared layers: begin ----$/,/^# ---- end of the shared layers ----$/p' \
+			"${SERVICE_DIR[$service]}/Dockerfile")
+		[ -n "$block" ] || die "${SERVICE_DIR[$service]}/Dockerfile has no shared-layers block"
+		if [ -z "$reference" ]; then
+			reference=$block
+		elif [ "$block" != "$reference" ]; then
+			die "the shared-layers block of ${SERVICE_DIR[$service]}/Dockerfile differs from orchestrator/Dockerfile"
+		fi
+	done
+}
+
+build_service_images() {
+	local service revision
+	revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+	# One at a time: the second and third builds reuse the first one's shared layers.
+	for service in "${SERVICES[@]}"; do
+		docker_build "$service" \
+			--file "${SERVICE_DIR[$service]}/Dockerfile" \
+			--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+			--build-arg "PYTHON_TAG=$PYTHON_TAG" \
+			--build-arg "VERSION=$(lock_version "agentmesh-$service")" \
+			--build-arg "REVISION=$revision" \
+			--tag "agentmesh/$service:$IMAGE_TAG" .
+	done
+}
+
+# Each service image imports its packages and has its console scripts, as uid 10001,
+# with no network and a read-only root.
+smoke_test_service_images() {
+	local service packages
+	for service in "${SERVICES[@]}"; do
+		packages="agentmesh_shared agentmesh_$service"
+		docker run --rm --network none --read-only --cap-drop ALL \
+			--security-opt no-new-privileges "agentmesh/$service:$IMAGE_TAG" python -c "
+import importlib, os, shutil, sys
+for package in '$packages'.split():
+    importlib.import_module(package)
+missing = [s for s in '${SERVICE_SCRIPTS[$service]}'.split() if not shutil.which(s)]
+if missing or os.getuid() != 10001:
+    sys.exit(f'missing console scripts {missing} or uid {os.getuid()} is not 10001')
+" || die "agentmesh/$service:$IMAGE_TAG failed its smoke test"
+	done
+	log "service images import their packages and have their console scripts"
+}
+
+# Debian packages for a stand-in, resolved by apt on the host against the base
+# image's own dpkg status (so only what the base lacks), from the base's own sources.
+fetch_debs() {
+	local dest=$1
+	shift
+	local apt_dir=$BUILD/apt stamp base_id
+	base_id=$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")
+	stamp=$(printf '%s %s\n' "$base_id" "$*" | sha256sum | cut -d' ' -f1)
+	if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$stamp" ]; then
+		return
+	fi
+	rm -rf "$apt_dir" "$dest"
+	mkdir -p "$apt_dir/etc/sources.list.d" "$apt_dir/etc/preferences.d" "$apt_dir/state/lists/partial" \
+		"$apt_dir/cache/archives/partial" "$dest/partial"
+	docker run --rm --network none "$BASE_IMAGE" cat /var/lib/dpkg/status >"$apt_dir/status"
+	docker run --rm --network none "$BASE_IMAGE" cat /etc/apt/sources.list >"$apt_dir/etc/sources.list"
+	local apt_options=(
+		-o "Dir::Etc::SourceList=$PWD/$apt_dir/etc/sources.list"
+		-o "Dir::Etc::SourceParts=$PWD/$apt_dir/etc/sources.list.d"
+		-o "Dir::Etc::Preferences=$PWD/$apt_dir/etc/preferences"
+		-o "Dir::Etc::PreferencesParts=$PWD/$apt_dir/etc/preferences.d"
+		-o "Dir::State=$PWD/$apt_dir/state"
+		-o "Dir::State::status=$PWD/$apt_dir/status"
+		-o "Dir::Cache=$PWD/$apt_dir/cache"
+		-o "Dir::Cache::archives=$PWD/$dest"
+		-o "Acquire::Languages=none"
+		-o "APT::Install-Recommends=false"
+		-o "Debug::NoLocking=true"
+	)
+	apt-get "${apt_options[@]}" -qq update >"$LOGS/apt.log" 2>&1 ||
+		{
+			cat "$LOGS/apt.log" >&2
+			die "apt-get update for the stand-in packages failed"
+		}
+	DEBIAN_FRONTEND=noninteractive apt-get "${apt_options[@]}" -qq --download-only -y install "$@" \
+		>>"$LOGS/apt.log" 2>&1 ||
+		{
+			cat "$LOGS/apt.log" >&2
+			die "downloading $* failed"
+		}
+	rm -rf "$dest/partial" "$dest/lock"
+	echo "$stamp" >"$dest/.stamp"
+	log "downloaded $(find "$dest" -name '*.deb' | wc -l) Debian packages for $*"
+}
+
+# A build context for a stand-in: its docker/<name>/ files plus prepared inputs.
+stand_in_context() {
+	local name=$1 context=$BUILD/context/$1
+	rm -rf "$context"
+	mkdir -p "$context"
+	cp -a "docker/$name/." "$context/"
+	echo "$context"
+}
+
+deb_version() { # the version of a package among downloaded .debs
+	find "$2" -name "$1_*.deb" | head -n 1 | sed -E 's/.*_([^_]+)_[^_]+\.deb$/\1/; s/%3a/:/'
+}
+
+build_offline_infra() {
+	local context chroma_version rotel_version
+	[ "$PYTHON_TAG" = cp311 ] || die "the offline stand-ins expect Python 3.11 in $BASE_IMAGE"
+
+	fetch_debs "$BUILD/offline/debs/redis" redis-server
+	context=$(stand_in_context redis)
+	cp -al "$BUILD/offline/debs/redis" "$context/debs"
+	docker_build redis-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+		--build-arg "REDIS_VERSION=$(deb_version redis-server "$context/debs")" \
+		--tag agentmesh/redis:offline "$context"
+
+	chroma_version=$(lock_version chromadb-client)
+	grep -qx "chromadb==$chroma_version" docker/chroma/requirements.in ||
+		die "docker/chroma/requirements.in must pin chromadb==$chroma_version (chromadb-client in uv.lock); regenerate docker/chroma/requirements.txt"
+	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/chroma/requirements.txt \
+		--dest "$BUILD/offline/$PYTHON_TAG/chroma"
+	context=$(stand_in_context chroma)
+	cp -al "$BUILD/offline/$PYTHON_TAG/chroma" "$context/wheels"
+	cp -al "$WHEELHOUSE/tools" "$context/tools"
+	docker_build chroma-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+		--build-arg "CHROMA_VERSION=$chroma_version" \
+		--tag agentmesh/chroma:offline "$context"
+
+	fetch_debs "$BUILD/offline/debs/otel-collector" libpython3.11
+	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/otel-collector/requirements.txt \
+		--dest "$BUILD/offline/$PYTHON_TAG/rotel"
+	rotel_version=$(sed -n 's/^rotel==\([^ ]*\).*/\1/p' "$BUILD/offline/$PYTHON_TAG/rotel/requirements.txt")
+	context=$(stand_in_context otel-collector)
+	cp -al "$BUILD/offline/$PYTHON_TAG/rotel" "$context/wheels"
+	cp -al "$BUILD/offline/debs/otel-collector" "$context/debs"
+	docker_build otel-collector-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+		--build-arg "ROTEL_VERSION=$rotel_version" \
+		--tag agentmesh/otel-collector:offline "$context"
+
+	if ! { docker run --rm agentmesh/redis:offline redis-server --version >/dev/null &&
+		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:offline -c 'import chromadb_rust_bindings' &&
+		docker run --rm agentmesh/otel-collector:offline version >/dev/null; }; then
+		die "a stand-in image failed its smoke test"
+	fi
+	REDIS_IMAGE=agentmesh/redis:offline
+	CHROMA_IMAGE=agentmesh/chroma:offline
+	COLLECTOR_IMAGE=agentmesh/otel-collector:offline
+	COLLECTOR_FLAVOR=rotel
+}
+
+pull_official_infra() {
+	REDIS_IMAGE=$OFFICIAL_REDIS_IMAGE
+	CHROMA_IMAGE=${OFFICIAL_CHROMA_IMAGE:-chromadb/chroma:$(lock_version chromadb-client)}
+	COLLECTOR_IMAGE=$OFFICIAL_COLLECTOR_IMAGE
+	COLLECTOR_FLAVOR=contrib
+	local image
+	for image in "$OFFICIAL_PYTHON_IMAGE" "$REDIS_IMAGE" "$CHROMA_IMAGE" "$COLLECTOR_IMAGE"; do
+		docker pull --quiet "$image" >/dev/null || die "docker pull $image failed"
+	done
+	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $COLLECTOR_IMAGE"
+}
+
+write_images_env() {
+	local env_file=$BUILD/images.env
+	cat >"$env_file.tmp" <<EOF
+# The images of this machine's mesh, written by docker/build-images.sh: do not edit.
+AGENTMESH_IMAGE_SOURCE=$SOURCE
+PYTHON_IMAGE=$PYTHON_IMAGE
+ORCHESTRATOR_IMAGE=agentmesh/orchestrator:$IMAGE_TAG
+RESEARCHER_IMAGE=agentmesh/researcher:$IMAGE_TAG
+CODER_IMAGE=agentmesh/coder:$IMAGE_TAG
+REDIS_IMAGE=$REDIS_IMAGE
+CHROMA_IMAGE=$CHROMA_IMAGE
+COLLECTOR_IMAGE=$COLLECTOR_IMAGE
+COLLECTOR_FLAVOR=$COLLECTOR_FLAVOR
+EOF
+	mv "$env_file.tmp" "$env_file"
+	log "wrote $env_file"
+}
+
+main() {
+	command -v docker >/dev/null 2>&1 || die "docker is not installed"
+	docker info >/dev/null 2>&1 || die "the Docker engine is not reachable"
+	mkdir -p "$LOGS"
+	choose_source
+	ensure_uv
+	if [ "$SOURCE" = official ]; then
+		pull_official_infra
+		PYTHON_IMAGE=$OFFICIAL_PYTHON_IMAGE
+	else
+		build_base_image
+		PYTHON_IMAGE=$BASE_IMAGE
+	fi
+	probe_python "$PYTHON_IMAGE"
+	fill_wheelhouse
+	check_shared_layers
+	build_service_images
+	smoke_test_service_images
+	if [ "$SOURCE" = offline ]; then
+		build_offline_infra
+	fi
+	write_images_env
+	log "done in $(($(date +%s) - started)) s"
+}
+
+main "$@"
