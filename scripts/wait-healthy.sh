@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wait until every container of the mesh is healthy (or running, for a container
-# without a health check). On time-out, show what is not and its last logs.
+# without a health check; exited 0, for a one-shot set-up container). On time-out,
+# show what is not and its last logs.
 #   scripts/wait-healthy.sh COMPOSE_COMMAND... [-- TIMEOUT_S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,11 @@ while :; do
   ids=$("${compose[@]}" ps -q)
   pending=()
   for id in $ids; do
-    read -r name state health < <(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")
+    read -r name state health code one_shot < <(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}} {{index .Config.Labels "agentmesh.one-shot"}}' "$id")
+    # a one-shot set-up container (label agentmesh.one-shot) is done when it exited 0
+    if [ "${one_shot:-}" = true ] && [ "$state" = exited ] && [ "$code" = 0 ]; then
+      continue
+    fi
     if [ "$state" != running ] || { [ "$health" != healthy ] && [ "$health" != none ]; }; then
       pending+=("${name#/}($state/$health)")
     fi

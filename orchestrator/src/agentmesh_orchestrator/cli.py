@@ -231,5 +231,23 @@ def serve() -> None:
     run()
 
 
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 30),
+    default=10,
+    show_default=True,
+    help="seconds to wait for spans of every service the task used (exporters batch)",
+)
+@click.pass_context
+def trace(ctx: click.Context, task_id: str, as_json: bool, wait: float) -> None:
+    """Show a task's trace: the span tree across every service and replica."""
+    from agentmesh_orchestrator.trace_cli import show_trace  # noqa: PLC0415 - fast CLI start
+
+    show_trace(_client(ctx), task_id, as_json=as_json, wait=wait)
+
+
 if __name__ == "__main__":
     main()
