@@ -9,7 +9,8 @@ services send them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -30,13 +31,26 @@ from tests.support.otlp_json import MeshTrace, Service, mesh_trace
 KINDS = {0: "internal", 1: "server", 2: "client", 3: "producer", 4: "consumer"}  # SDK SpanKind
 
 
+StartCollector = Callable[..., Collector]
+
+
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    try:
-        with start_collector(tmp_path / "collector") as running:
-            yield running
-    except CollectorMissingError as err:
-        pytest.skip(f"collector integration test skipped: {err}")
+def start(tmp_path: Path) -> Iterator[StartCollector]:
+    """Starts the collector (stopped after the test); skips, saying why, if it is not installed."""
+    with ExitStack() as stack:
+
+        def started(**env: str) -> Collector:
+            try:
+                return stack.enter_context(start_collector(tmp_path / "collector", env=env))
+            except CollectorMissingError as err:
+                pytest.skip(f"collector integration test skipped: {err}")
+
+        yield started
+
+
+@pytest.fixture
+def collector(start: StartCollector) -> Collector:
+    return start()
 
 
 def _read_until(
@@ -136,3 +150,21 @@ def test_the_trace_route_reads_what_the_collector_wrote(collector: Collector) ->
     assert body["complete"] is True
     assert body["services"] == ["coder", "orchestrator", "researcher"]
     assert {span["span_id"] for span in body["spans"]} == set(mesh.span_ids.values())
+
+
+def test_files_rotated_by_the_collector_are_read_too(start: StartCollector) -> None:
+    """The stand-in moves a full file to traces.jsonl.1; the trace spans both files."""
+    collector = start(AGENTMESH_TRACES_FILE_MAX_MB="0.000001")  # every batch rotates
+    mesh = mesh_trace()
+    reader = TraceReader(collector.traces_file)
+
+    _send_over_http(collector, mesh.spans("orchestrator"))
+    _read_until(reader, mesh.trace_id, count=6)
+    _send_over_http(collector, mesh.spans("coder"))
+    spans = _read_until(reader, mesh.trace_id, count=9)
+
+    assert reader.files() == [
+        collector.traces_file.with_name("traces.jsonl.1"),
+        collector.traces_file,
+    ]
+    assert {span.service for span in spans} == {"orchestrator", "coder"}

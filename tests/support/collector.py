@@ -91,22 +91,28 @@ def _listening(port: int) -> bool:
 
 @contextmanager
 def start_collector(
-    work_dir: Path, *, timeout_s: float = 30.0, batch_timeout: str = "200ms"
+    work_dir: Path,
+    *,
+    timeout_s: float = 30.0,
+    batch_timeout: str = "200ms",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Collector]:
     """Start rotel with the traces-file processor; yield its endpoints; stop it on exit.
 
-    Traces go to ``work_dir/traces.jsonl``; the collector's log to ``work_dir/collector.log``.
+    Traces go to ``work_dir/traces.jsonl``; the collector's log to ``work_dir/collector.log``;
+    ``env`` adds to its environment (e.g. ``AGENTMESH_TRACES_FILE_MAX_MB``).
     """
     exe = rotel_executable()
     work_dir.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port = free_port(), free_port()
     traces_file = work_dir / "traces.jsonl"
     log_path = work_dir / "collector.log"
-    env = {
+    environment = {
         **os.environ,
         "AGENTMESH_TRACES_FILE": str(traces_file),
         "NO_COLOR": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        **(env or {}),
     }
     argv = [
         str(exe),
@@ -130,7 +136,7 @@ def start_collector(
         proc = subprocess.Popen(
             argv,
             cwd=work_dir,
-            env=env,
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
