@@ -16,7 +16,7 @@ from agentmesh_orchestrator.cli import main
 from agentmesh_orchestrator.trace_api import register_trace_routes
 from agentmesh_orchestrator.trace_cli import render_trace, total_tokens, trace_json, tree
 from agentmesh_orchestrator.traces import TraceReader, TracesUnavailableError
-from agentmesh_shared.models import Role, SubtaskRecord, TaskLimits, TaskRecord
+from agentmesh_shared.models import Role, SubtaskRecord, TaskLimits, TaskRecord, TaskStatus
 from click.testing import CliRunner
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -418,3 +418,25 @@ def test_cli_trace_prints_the_tree_and_json(
     assert coder["instance"] == "coder-2"
     assert coder["status"] == "error"
     assert coder["parent_span_id"] == mesh.span_ids["run coder"]
+
+
+def test_an_ended_tasks_trace_is_complete_only_with_every_parent(
+    traces_file: Path, mesh: MeshTrace
+) -> None:
+    record = _record(mesh.trace_id, Role.RESEARCHER, Role.CODER)
+    record.status = TaskStatus.SUCCEEDED
+    client = _client(traces_file, {"task-1": record})
+    # the orchestrator's long planner span is still in an exporter's batch
+    without_planner = [s for s in mesh.spans("orchestrator") if s.name != "planner.run"]
+    with traces_file.open("w") as out:
+        out.write(json_line(without_planner))
+        out.write(json_line(mesh.spans("researcher")))
+        out.write(json_line(mesh.spans("coder")))
+
+    partial = client.get("/tasks/task-1/trace").json()
+    assert (partial["complete"], partial["missing_parents"]) == (False, 1)
+
+    with traces_file.open("a") as out:
+        out.write(json_line([s for s in mesh.spans("orchestrator") if s.name == "planner.run"]))
+    whole = client.get("/tasks/task-1/trace").json()
+    assert (whole["complete"], whole["missing_parents"]) == (True, 0)

@@ -4,8 +4,10 @@ The collector (the one place telemetry leaves the mesh) appends every trace batc
 to an OTLP/JSON lines file on the ``traces`` volume, which the orchestrator mounts
 read-only; this route finds the task's trace id on its record and reads the spans
 of that trace from there. Exporters batch (the SDKs and the collector each hold
-spans for a moment), so ``wait`` polls until every service the task involved has
-spans in the file: the orchestrator, and the role of each of its subtasks.
+spans for a moment), so ``wait`` polls until the trace is complete: every service
+the task involved has spans in the file (the orchestrator, and the role of each of
+its subtasks) and, once the task has ended, the spans form one tree (the root's own
+parent may be missing: the CLI's span, when the CLI does not export).
 """
 
 from __future__ import annotations
@@ -35,12 +37,34 @@ class TaskTrace(BaseModel):
     expected_services: list[str] = Field(
         description="the orchestrator and the role of every subtask of the task"
     )
-    complete: bool = Field(description="every expected service has spans")
+    complete: bool = Field(
+        description="every expected service has spans and, once the task ended, every parent"
+    )
+    missing_parents: int = Field(0, description="spans whose parent span is not in the trace")
     skipped_lines: int = Field(0, description="matching lines of the file that did not parse")
 
 
 def expected_services(record: TaskRecord) -> set[str]:
     return {ORCHESTRATOR_SERVICE} | {subtask.role.value for subtask in record.subtasks}
+
+
+def missing_parents(spans: list[Span]) -> int:
+    present = {span.span_id for span in spans}
+    return sum(1 for span in spans if span.parent_span_id and span.parent_span_id not in present)
+
+
+def roots(spans: list[Span]) -> int:
+    """Spans shown at the top of the tree: no parent, or a parent not (yet) in the trace."""
+    present = {span.span_id for span in spans}
+    return sum(1 for span in spans if span.parent_span_id not in present)
+
+
+def is_complete(record: TaskRecord, found: TraceRead) -> bool:
+    if not expected_services(record) <= found.services:
+        return False
+    # A running task's open spans are not exported yet; an ended task's should all be,
+    # making one tree (whose root's parent may be the CLI's span, not exported).
+    return not record.status.terminal or roots(found.spans) <= 1
 
 
 def register_trace_routes(
@@ -87,14 +111,16 @@ def register_trace_routes(
             except ValueError as err:
                 raise HTTPException(status_code=409, detail=str(err)) from None
             else:
-                if expected <= found.services or time.monotonic() >= deadline:
+                complete = is_complete(record, found)
+                if complete or time.monotonic() >= deadline:
                     return TaskTrace(
                         task_id=task_id,
                         trace_id=found.trace_id,
                         spans=found.spans,
                         services=sorted(found.services),
                         expected_services=sorted(expected),
-                        complete=expected <= found.services,
+                        complete=complete,
+                        missing_parents=missing_parents(found.spans),
                         skipped_lines=found.skipped_lines,
                     )
             await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))

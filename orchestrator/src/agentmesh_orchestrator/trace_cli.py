@@ -49,13 +49,18 @@ def show_trace(client: ApiClient, task_id: str, *, as_json: bool, wait: float) -
         click.echo(json.dumps(trace_json(found["trace_id"], spans), indent=2))
         return
     click.echo(render_trace(found["trace_id"], spans))
+    if found.get("complete", True):
+        return
     missing = sorted(set(found.get("expected_services", [])) - set(found.get("services", [])))
-    if missing:
-        click.echo(
-            f"no spans yet from {', '.join(missing)}: exporters batch for a few seconds; "
-            "run again, or pass --wait SECONDS",
-            err=True,
-        )
+    what = (
+        f"no spans yet from {', '.join(missing)}"
+        if missing
+        else "some spans' parents are not in the collector's file yet"
+    )
+    click.echo(
+        f"{what} (exporters batch for a few seconds): run again, or pass --wait SECONDS",
+        err=True,
+    )
 
 
 def trace_json(trace_id: str, spans: Sequence[Span]) -> dict[str, Any]:
