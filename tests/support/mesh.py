@@ -173,6 +173,26 @@ class LocalMesh:
         ).start()
         wait_until(lambda: bool(self.redis().ping()), "redis-server to answer PING")
 
+    def llm_admin(self, **config: int) -> dict[str, object]:
+        """Change the scripted model at run time: delay_ms, fail_status, fail_count."""
+        reply = httpx.post(f"http://127.0.0.1:{self.llm_port}/admin/config", json=config)
+        reply.raise_for_status()
+        result: dict[str, object] = reply.json()
+        return result
+
+    def llm_stats(self) -> dict[str, int]:
+        stats: dict[str, int] = httpx.get(f"http://127.0.0.1:{self.llm_port}/admin/stats").json()
+        return stats
+
+    def restart_redis(self, down_s: float = 2.0) -> None:
+        """SIGTERM redis-server (it flushes the AOF), keep it down a moment, start it again."""
+        import time
+
+        old = self.procs.pop("redis")
+        assert old.stop() is not None
+        time.sleep(down_s)
+        self.start_redis()
+
     def start_llm(self) -> None:
         self.procs["llm"] = Proc(
             "llm",

@@ -63,6 +63,8 @@ researcher stored). Delegate independent subtasks in the same turn so they run i
 parallel. When the results are in, answer with a synthesis for the user."""
 
 RESULT_GRACE_S = 15.0
+MAX_RESENDS = 3
+REDIS_RETRY_S = 2.0
 
 
 class DelegateInput(BaseModel):
@@ -121,13 +123,37 @@ class Planner:
 
     # -- one task -------------------------------------------------------------------------
     def _drive_guarded(self, task_id: str) -> None:
+        """Drive a task to its end.
+
+        When Redis stays unreachable past the client's own retries, planning resumes
+        from the last checkpoint once Redis is back, for up to the task timeout; after
+        that the task stays recorded as unfinished and the next orchestrator start
+        resumes it.
+        """
+        give_up_at = time.time() + self.settings.task_timeout_s
         try:
-            self._drive(task_id)
+            while True:
+                try:
+                    self._drive(task_id)
+                    return
+                except redis.ConnectionError:
+                    if time.time() > give_up_at:
+                        log.exception(
+                            "Redis unreachable; leaving task %s for the next start", task_id
+                        )
+                        return
+                    log.warning(
+                        "lost Redis while planning %s; resuming from its checkpoint", task_id
+                    )
+                    time.sleep(REDIS_RETRY_S)
         except Exception:
             log.exception("planning task %s crashed", task_id)
-            self._finish(
-                task_id, TaskStatus.FAILED, error="internal error while planning (see logs)"
-            )
+            try:
+                self._finish(
+                    task_id, TaskStatus.FAILED, error="internal error while planning (see logs)"
+                )
+            except redis.RedisError:
+                log.exception("could not record the failure of task %s", task_id)
         finally:
             with self._guard:
                 self._driving.discard(task_id)
@@ -267,39 +293,26 @@ class Planner:
     def _delegate(self, args: DelegateInput, ctx: ToolContext, task_deadline: float) -> str:
         task_id = ctx.task_id
         subtask_id = subtask_id_for(task_id, ctx.tool_use_id)
+        record = self.store.get(task_id)
+        max_steps = record.limits.max_steps if record else self.settings.max_steps
         deadline = min(task_deadline, time.time() + self.settings.subtask_timeout_s)
         with _tracer.start_as_current_span(
             "delegate",
             attributes={"agentmesh.subtask_id": subtask_id, "agentmesh.role": args.role.value},
         ):
             sub = self._ensure_subtask(task_id, subtask_id, args)
+            if sub.dispatched_at is not None:
+                deadline = max(deadline, sub.dispatched_at + self.settings.subtask_timeout_s)
+            message = SubtaskMessage(
+                task_id=task_id,
+                subtask_id=subtask_id,
+                role=args.role,
+                instruction=args.instruction,
+                max_steps=max_steps,
+                deadline=deadline,
+            )
             if sub.dispatched_at is None:
-                message = SubtaskMessage(
-                    task_id=task_id,
-                    subtask_id=subtask_id,
-                    role=args.role,
-                    instruction=args.instruction,
-                    max_steps=self.settings.max_steps,
-                    deadline=deadline,
-                )
-                with _tracer.start_as_current_span(
-                    f"send {args.role.queue}",
-                    kind=SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.system": "celery",
-                        "messaging.operation.type": "send",
-                        "messaging.destination.name": args.role.queue,
-                        "messaging.message.id": subtask_id,
-                    },
-                ):
-                    self.celery.send_task(
-                        TASK_NAME_BY_ROLE[args.role],
-                        args=[message.model_dump(mode="json")],
-                        task_id=subtask_id,
-                        queue=args.role.queue,
-                        headers=telemetry.inject(),
-                    )
-                self._set_subtask(task_id, subtask_id, dispatched_at=time.time())
+                self._send(message)
                 events.publish(
                     self.redis,
                     task_id,
@@ -307,10 +320,28 @@ class Planner:
                     f"delegated {args.role.value} subtask {subtask_id}",
                     subtask_id=subtask_id,
                 )
-            else:
-                deadline = max(deadline, sub.dispatched_at + self.settings.subtask_timeout_s)
-            result = self._await_result(task_id, subtask_id, deadline + RESULT_GRACE_S)
+            result = self._await_result(message, deadline + RESULT_GRACE_S)
         return self._accept(task_id, result)
+
+    def _send(self, message: SubtaskMessage) -> None:
+        with _tracer.start_as_current_span(
+            f"send {message.role.queue}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "celery",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": message.role.queue,
+                "messaging.message.id": message.subtask_id,
+            },
+        ):
+            self.celery.send_task(
+                TASK_NAME_BY_ROLE[message.role],
+                args=[message.model_dump(mode="json")],
+                task_id=message.subtask_id,
+                queue=message.role.queue,
+                headers=telemetry.inject(),
+            )
+        self._set_subtask(message.task_id, message.subtask_id, dispatched_at=time.time())
 
     def _ensure_subtask(self, task_id: str, subtask_id: str, args: DelegateInput) -> SubtaskRecord:
         found: list[SubtaskRecord] = []
@@ -336,26 +367,58 @@ class Planner:
 
         self.store.update(task_id, apply)
 
-    def _await_result(self, task_id: str, subtask_id: str, give_up_at: float) -> SubtaskResult:
+    def _await_result(self, message: SubtaskMessage, give_up_at: float) -> SubtaskResult:
+        """Wait for the subtask's result, resending it if its worker dies.
+
+        A worker renews a lease on each subtask it runs; a lease that lapses without a
+        result means the worker died (SIGKILL, OOM, a lost host), so the subtask is
+        sent again at once instead of waiting for the broker's visibility timeout.
+        A late result of the first run is absorbed: the first result wins.
+        """
+        task_id, subtask_id = message.task_id, message.subtask_id
         result_key = keys.subtask_result(subtask_id)
         done_key = keys.subtask_done(subtask_id)
-        seen_start = False
+        seen_start: dict[str, Any] | None = None
+        resends = 0
         while True:
             raw = cast("str | None", self.redis.get(result_key))
             if raw is not None:
                 return SubtaskResult.model_validate_json(raw)
-            if not seen_start:
-                started = cast("str | None", self.redis.get(keys.subtask_started(subtask_id)))
-                if started is not None:
-                    info = json.loads(started)
-                    self._set_subtask(
-                        task_id,
-                        subtask_id,
-                        status=TaskStatus.RUNNING,
-                        worker=info["worker"],
-                        started_at=info["at"],
-                    )
-                    seen_start = True
+            started = cast("str | None", self.redis.get(keys.subtask_started(subtask_id)))
+            if started is not None and seen_start is None:
+                seen_start = json.loads(started)
+                self._set_subtask(
+                    task_id,
+                    subtask_id,
+                    status=TaskStatus.RUNNING,
+                    worker=seen_start["worker"],
+                    started_at=seen_start["at"],
+                )
+            elif seen_start is not None and not self.redis.exists(keys.subtask_lease(subtask_id)):
+                if self.redis.exists(result_key):
+                    continue
+                resends += 1
+                if resends > MAX_RESENDS:
+                    error = f"lost its worker {resends} times (last: {seen_start['worker']})"
+                    self._set_subtask(task_id, subtask_id, status=TaskStatus.FAILED, error=error)
+                    raise ToolError(error)
+                log.warning(
+                    "subtask %s lost its worker %s; sending it again",
+                    subtask_id,
+                    seen_start["worker"],
+                )
+                events.publish(
+                    self.redis,
+                    task_id,
+                    "subtask.resent",
+                    f"worker {seen_start['worker']} stopped renewing subtask {subtask_id}; sent again",
+                    subtask_id=subtask_id,
+                    worker=seen_start["worker"],
+                )
+                self.redis.delete(keys.subtask_started(subtask_id))
+                seen_start = None
+                self._set_subtask(task_id, subtask_id, status=TaskStatus.QUEUED, worker=None)
+                self._send(message)
             if self.redis.exists(keys.cancel_flag(task_id)):
                 raise ToolError("the task was cancelled")
             remaining = give_up_at - time.time()
@@ -369,7 +432,7 @@ class Planner:
                     finished_at=time.time(),
                 )
                 raise ToolError(error)
-            self.redis.blpop([done_key], timeout=max(1, min(5, int(remaining))))
+            self.redis.blpop([done_key], timeout=max(1, min(2, int(remaining))))
 
     def _accept(self, task_id: str, result: SubtaskResult) -> str:
         """Record a subtask's result once, and turn it into the tool result the planner sees."""

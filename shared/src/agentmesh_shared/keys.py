@@ -37,3 +37,7 @@ def subtask_done(subtask_id: str) -> str:
 
 def subtask_started(subtask_id: str) -> str:
     return f"{PREFIX}:subtask:{subtask_id}:started"
+
+
+def subtask_lease(subtask_id: str) -> str:
+    return f"{PREFIX}:subtask:{subtask_id}:lease"

@@ -39,5 +39,5 @@ def setup_logging(service: str, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("AGENTMESH_LOG_LEVEL", "INFO"))
-    for noisy in ("httpx", "httpcore", "anthropic._base_client", "chromadb", "urllib3"):
+    for noisy in ("httpx", "httpx2", "httpcore", "anthropic._base_client", "chromadb", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     visibility_timeout_s: PositiveInt = 3600
     heartbeat_file: Path = Path("/tmp/agentmesh-heartbeat")  # noqa: S108 - tmpfs in containers
     heartbeat_interval_s: PositiveFloat = 5.0
+    # A loop with no model call or tool call starting or ending for this long is stalled.
+    stall_timeout_s: PositiveFloat = 300.0
 
     # --- researcher -----------------------------------------------------------------
     fetch_allowlist: str = ""  # comma-separated host globs; empty allows any host

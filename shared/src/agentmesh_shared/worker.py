@@ -87,13 +87,21 @@ class RoleAgent(Protocol):
 
 
 @dataclass
+class ActiveSubtask:
+    msg: SubtaskMessage
+    started: float
+    last_progress: float
+    abandoned_at: float | None = None
+
+
+@dataclass
 class WorkerRuntime:
     settings: Settings
     role: Role
     hostname: str = ""
     started_at: float = field(default_factory=time.time)
-    in_flight: int = 0
     processed: int = 0
+    active: dict[str, ActiveSubtask] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -129,14 +137,65 @@ class WorkerRuntime:
             last_seen=time.time(),
         )
 
-    def _enter(self) -> None:
-        with self._lock:
-            self.in_flight += 1
+    @property
+    def in_flight(self) -> int:
+        return len(self.active)
 
-    def _leave(self) -> None:
+    @property
+    def lease_ttl_s(self) -> float:
+        return max(15.0, self.settings.heartbeat_interval_s * 3)
+
+    def _enter(self, msg: SubtaskMessage) -> None:
+        now = time.time()
         with self._lock:
-            self.in_flight -= 1
+            self.active[msg.subtask_id] = ActiveSubtask(msg=msg, started=now, last_progress=now)
+
+    def _leave(self, msg: SubtaskMessage) -> None:
+        with self._lock:
+            self.active.pop(msg.subtask_id, None)
             self.processed += 1
+
+    def progress(self, subtask_id: str) -> None:
+        entry = self.active.get(subtask_id)
+        if entry is not None:
+            entry.last_progress = time.time()
+
+    def renew_leases(self) -> None:
+        """Tell the orchestrator this worker still runs each of its subtasks."""
+        with self._lock:
+            live = [a.msg.subtask_id for a in self.active.values() if a.abandoned_at is None]
+        if not live:
+            return
+        pipe = self.redis.pipeline()
+        for subtask_id in live:
+            pipe.set(keys.subtask_lease(subtask_id), self.hostname, px=int(self.lease_ttl_s * 1000))
+        pipe.execute()
+
+    def check_stalls(self) -> bool:
+        """Fail subtasks whose loop made no progress; False when the process is wedged.
+
+        A stalled loop's subtask is failed at once (its thread cannot be interrupted).
+        If that thread is still stuck a second stall period later, the process is
+        wedged: the caller exits so the container's restart policy brings it back,
+        and the leases of its other subtasks lapse so the orchestrator resends them.
+        """
+        limit = self.settings.stall_timeout_s
+        now = time.time()
+        with self._lock:
+            entries = list(self.active.values())
+        healthy = True
+        for entry in entries:
+            idle = now - entry.last_progress
+            if entry.abandoned_at is None and idle > limit:
+                entry.abandoned_at = now
+                reason = (
+                    f"stalled: no progress for {idle:.0f}s on {self.hostname} (limit {limit:.0f}s)"
+                )
+                log.error("subtask %s %s", entry.msg.subtask_id, reason)
+                _publish(self, _failed_result(self, entry.msg, entry.started, reason))
+            elif entry.abandoned_at is not None and now - entry.abandoned_at > limit:
+                healthy = False
+        return healthy
 
 
 # -- one subtask --------------------------------------------------------------------
@@ -179,12 +238,12 @@ def execute_subtask(
     span = trace.get_current_span()
     span.set_attribute("agentmesh.task_id", msg.task_id)
     span.set_attribute("agentmesh.subtask_id", msg.subtask_id)
-    runtime._enter()
+    runtime._enter(msg)
     try:
         result = _run(runtime, agent, msg)
         _publish(runtime, result)
     finally:
-        runtime._leave()
+        runtime._leave(msg)
     attrs = {"agentmesh.role": msg.role.value, "status": result.status}
     metrics.subtasks().add(1, attrs)
     metrics.subtask_duration().record(result.finished_at - result.started_at, attrs)
@@ -195,11 +254,19 @@ def execute_subtask(
 def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
     started = time.time()
     r = runtime.redis
-    r.set(
+    pipe = r.pipeline()
+    pipe.set(
         keys.subtask_started(msg.subtask_id),
         json.dumps({"worker": runtime.hostname, "at": started}),
         ex=RESULT_TTL_S,
     )
+    pipe.set(
+        keys.subtask_lease(msg.subtask_id), runtime.hostname, px=int(runtime.lease_ttl_s * 1000)
+    )
+    # Wakes the orchestrator's wait, so the record shows the subtask running at once.
+    pipe.lpush(keys.subtask_done(msg.subtask_id), "started")
+    pipe.expire(keys.subtask_done(msg.subtask_id), RESULT_TTL_S)
+    pipe.execute()
     events.publish(
         r,
         msg.task_id,
@@ -262,6 +329,7 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
         is_cancelled=lambda: bool(r.exists(keys.cancel_flag(msg.task_id))),
         on_step=on_step,
         agent_name=msg.role.value,
+        on_progress=lambda: runtime.progress(msg.subtask_id),
     )
     try:
         outcome = loop.run(state=state)
@@ -294,11 +362,27 @@ def _collect(session: RoleSession) -> dict[str, Any]:
         session.close()
 
 
+def _failed_result(
+    runtime: WorkerRuntime, msg: SubtaskMessage, started: float, reason: str
+) -> SubtaskResult:
+    return SubtaskResult(
+        task_id=msg.task_id,
+        subtask_id=msg.subtask_id,
+        role=msg.role,
+        status="failed",
+        worker=runtime.hostname,
+        error=reason,
+        started_at=started,
+        finished_at=time.time(),
+    )
+
+
 def _publish(runtime: WorkerRuntime, result: SubtaskResult) -> None:
     """First result wins: a subtask that ran twice is reported once."""
     stored = runtime.redis.set(
         keys.subtask_result(result.subtask_id), result.model_dump_json(), nx=True, ex=RESULT_TTL_S
     )
+    runtime.redis.delete(keys.subtask_lease(result.subtask_id))
     if not stored:
         log.warning("subtask %s already had a result; duplicate absorbed", result.subtask_id)
     _notify_done(runtime, result.subtask_id)
@@ -358,9 +442,16 @@ class Heartbeat(threading.Thread):
         while not self.stopping.is_set():
             try:
                 self.runtime.redis.ping()
+                self.runtime.renew_leases()
                 self.runtime.redis.hset(
                     keys.WORKER_INDEX, self.runtime.hostname, self.runtime.info().model_dump_json()
                 )
+                if not self.runtime.check_stalls():
+                    log.critical(
+                        "a stalled agent loop is still stuck: exiting so the worker restarts"
+                    )
+                    telemetry.shutdown_telemetry()
+                    os._exit(70)
                 beat(settings.heartbeat_file)
             except Exception:
                 log.exception("heartbeat failed")

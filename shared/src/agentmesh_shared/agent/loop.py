@@ -109,6 +109,7 @@ class AgentLoop:
     on_step: Callable[[StepRecord], None] | None = None
     tool_extra: dict[str, Any] = field(default_factory=dict)
     agent_name: str = "agent"
+    on_progress: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tools}
@@ -171,7 +172,12 @@ class AgentLoop:
         self._checkpoint(state)
 
     # -- one model call -------------------------------------------------------------
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
+
     def _call_model(self, state: LoopState) -> None:
+        self._progress()
         if state.steps >= self.max_steps:
             raise LoopLimitError("max_steps", f"{state.steps} of {self.max_steps} steps used")
         remaining = self.deadline - time.time()
@@ -229,6 +235,7 @@ class AgentLoop:
         usage = Usage(
             input_tokens=response.usage.input_tokens, output_tokens=response.usage.output_tokens
         )
+        self._progress()
         state.steps += 1
         state.usage = state.usage + usage
         if self.budget is not None:
@@ -270,6 +277,13 @@ class AgentLoop:
             return [f.result() for f in futures]
 
     def _invoke(self, call: Message, step: int) -> ToolOutcome:
+        self._progress()
+        try:
+            return self._invoke_traced(call, step)
+        finally:
+            self._progress()
+
+    def _invoke_traced(self, call: Message, step: int) -> ToolOutcome:
         name = str(call.get("name"))
         with _tracer.start_as_current_span(
             f"execute_tool {name}",

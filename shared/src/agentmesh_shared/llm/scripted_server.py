@@ -12,7 +12,10 @@ Scripts:
 - coder (offers ``run_python``): search memory, write ``main.py``, run it, report
   the code and its real output.
 
-``SCRIPTED_LLM_DELAY_MS`` (or ``--delay-ms``) delays every reply.
+``SCRIPTED_LLM_DELAY_MS`` (or ``--delay-ms``) delays every reply. For fault tests,
+``POST /admin/config`` changes the delay at run time and makes the next N calls
+fail with a given status (429, 500, 529, ...), as the vendor's API does under load;
+``GET /admin/stats`` counts calls.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 LABEL = "[scripted model]"
 log = logging.getLogger("agentmesh.scripted_llm")
@@ -171,13 +176,33 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _configure(self, raw: bytes) -> None:
+        try:
+            config = _Config.model_validate_json(raw or b"{}")
+        except ValidationError as err:
+            self._error(HTTPStatus.BAD_REQUEST, "invalid_request_error", str(err))
+            return
+        with self.server.lock:
+            if config.delay_ms is not None:
+                self.server.delay_s = config.delay_ms / 1000
+            self.server.fail_status = config.fail_status
+            self.server.fail_remaining = config.fail_count
+        self._send(HTTPStatus.OK, {"status": "ok", **config.model_dump()})
+
     def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
         self._send(status, {"type": "error", "error": {"type": kind, "message": message}})
 
     def do_GET(self) -> None:
-        if self.path in {"/healthz", "/readyz"}:
+        if self.path in {"/healthz", "/readyz", "/admin/stats"}:
             self._send(
-                HTTPStatus.OK, {"status": "ok", "scripted": True, "calls": self.server.calls}
+                HTTPStatus.OK,
+                {
+                    "status": "ok",
+                    "scripted": True,
+                    "calls": self.server.calls,
+                    "failed_calls": self.server.failed_calls,
+                    "delay_ms": int(self.server.delay_s * 1000),
+                },
             )
             return
         self._error(HTTPStatus.NOT_FOUND, "not_found_error", f"no route {self.path}")
@@ -185,6 +210,9 @@ class ScriptedHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self.path == "/admin/config":
+            self._configure(raw)
+            return
         if self.path.split("?")[0] != "/v1/messages":
             self._error(HTTPStatus.NOT_FOUND, "not_found_error", f"no route {self.path}")
             return
@@ -205,8 +233,17 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             return
         with self.server.lock:
             self.server.calls += 1
+            fail_status = None
+            if self.server.fail_remaining > 0:
+                self.server.fail_remaining -= 1
+                self.server.failed_calls += 1
+                fail_status = self.server.fail_status
         if self.server.delay_s:
             time.sleep(self.server.delay_s)
+        if fail_status is not None:
+            kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(fail_status, "api_error")
+            self._error(HTTPStatus(fail_status), kind, f"{LABEL} injected failure {fail_status}")
+            return
         content, stop_reason = reply_for(request)
         self._send(
             HTTPStatus.OK,
@@ -228,6 +265,13 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         )
 
 
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delay_ms: int | None = Field(None, ge=0, le=600_000)
+    fail_status: int = Field(529, ge=400, le=599)
+    fail_count: int = Field(0, ge=0)
+
+
 class ScriptedServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
@@ -236,6 +280,9 @@ class ScriptedServer(ThreadingHTTPServer):
         super().__init__(address, ScriptedHandler)
         self.delay_s = max(delay_ms, 0) / 1000
         self.calls = 0
+        self.failed_calls = 0
+        self.fail_remaining = 0
+        self.fail_status = 529
         self.lock = threading.Lock()
 
 
