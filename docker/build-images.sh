@@ -5,7 +5,9 @@
 #
 # Image source (AGENTMESH_IMAGE_SOURCE=official|offline overrides the decision):
 #   official  `docker pull python:3.12-slim` works: the official Python base and the
-#             official Redis, Chroma and OpenTelemetry Collector images are pulled.
+#             official Redis, Chroma and OpenTelemetry Collector images are pulled (the
+#             collector gets one layer: a /var/lib/otel its user can write,
+#             agentmesh/otel-collector:contrib).
 #   offline   no registry: a Debian bookworm root filesystem, built with mmdebstrap
 #             from the host's apt mirror, is imported as agentmesh/python-base:bookworm,
 #             and Redis, Chroma and the collector are stand-ins built on it
@@ -62,17 +64,23 @@ lock_version() { # the version of a package in uv.lock
 	awk -v name="$1" '$0 == "name = \"" name "\"" { getline; gsub(/[^0-9A-Za-z.]/, "", $0); sub(/^version/, "", $0); print; exit }' uv.lock
 }
 
-# docker build with its output in build/logs/<name>.log, shown when it fails.
+# docker build with its output in build/logs/<name>.log, shown when it fails. The image
+# the tag pointed to before is removed when nothing uses it, so rebuilds leave no
+# untagged images behind (intermediate stages stay: they are the layer cache).
 docker_build() {
-	local name=$1
-	shift
-	local began=$SECONDS
+	local name=$1 tag=$2
+	shift 2
+	local began=$SECONDS previous
+	previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 	mkdir -p "$LOGS"
-	if ! docker build "$@" >"$LOGS/$name.log" 2>&1; then
+	if ! docker build --tag "$tag" "$@" >"$LOGS/$name.log" 2>&1; then
 		tail -n 40 "$LOGS/$name.log" >&2
 		die "building $name failed (full log: $LOGS/$name.log)"
 	fi
-	log "built $name in $((SECONDS - began)) s"
+	if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$tag")" ]; then
+		docker rmi "$previous" >/dev/null 2>&1 || true
+	fi
+	log "built $tag in $((SECONDS - began)) s"
 }
 
 choose_source() {
@@ -101,15 +109,20 @@ choose_source() {
 
 ensure_uv() {
 	if [ -x .tools/uv/bin/uv ]; then
-		UV=.tools/uv/bin/uv
+		UV=$PWD/.tools/uv/bin/uv
 	elif command -v uv >/dev/null 2>&1; then
 		UV=$(command -v uv)
 	else
 		log "installing uv $UV_VERSION into .tools/uv"
 		python3 -m venv .tools/uv
 		.tools/uv/bin/pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
-		UV=.tools/uv/bin/uv
+		UV=$PWD/.tools/uv/bin/uv
 	fi
+}
+
+# docker/wheelhouse.py, in an environment that has pip whatever the host's Python lacks.
+wheelhouse() {
+	"$UV" run --quiet --no-project --with pip --with packaging python docker/wheelhouse.py "$@"
 }
 
 # The first URI of the host's apt sources that matches a pattern.
@@ -197,12 +210,12 @@ fill_wheelhouse() {
 				die "uv build of agentmesh-$member failed"
 			}
 	done
-	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/build-tools.txt \
+	wheelhouse --target "$TARGET_JSON" --requirements docker/build-tools.txt \
 		--dest "$WHEELHOUSE/tools"
-	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements "$exports/shared.txt" \
+	wheelhouse --target "$TARGET_JSON" --requirements "$exports/shared.txt" \
 		--dest "$WHEELHOUSE/$PYTHON_TAG/shared"
 	for service in "${SERVICES[@]}"; do
-		python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements "$exports/$service.txt" \
+		wheelhouse --target "$TARGET_JSON" --requirements "$exports/$service.txt" \
 			--exclude "$exports/shared.txt" \
 			--local-wheel "$(echo "$members"/agentmesh_shared-*.whl)" \
 			--local-wheel "$(echo "$members"/agentmesh_"$service"-*.whl)" \
@@ -231,13 +244,12 @@ build_service_images() {
 	revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 	# One at a time: the second and third builds reuse the first one's shared layers.
 	for service in "${SERVICES[@]}"; do
-		docker_build "$service" \
+		docker_build "$service" "agentmesh/$service:$IMAGE_TAG" \
 			--file "${SERVICE_DIR[$service]}/Dockerfile" \
 			--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
 			--build-arg "PYTHON_TAG=$PYTHON_TAG" \
 			--build-arg "VERSION=$(lock_version "agentmesh-$service")" \
-			--build-arg "REVISION=$revision" \
-			--tag "agentmesh/$service:$IMAGE_TAG" .
+			--build-arg "REVISION=$revision" .
 	done
 }
 
@@ -325,32 +337,29 @@ build_offline_infra() {
 	fetch_debs "$BUILD/offline/debs/redis" redis-server
 	context=$(stand_in_context redis)
 	cp -al "$BUILD/offline/debs/redis" "$context/debs"
-	docker_build redis-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-		--build-arg "REDIS_VERSION=$(deb_version redis-server "$context/debs")" \
-		--tag agentmesh/redis:offline "$context"
+	docker_build redis-offline agentmesh/redis:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+		--build-arg "REDIS_VERSION=$(deb_version redis-server "$context/debs")" "$context"
 
 	chroma_version=$(lock_version chromadb-client)
 	grep -qx "chromadb==$chroma_version" docker/chroma/requirements.in ||
 		die "docker/chroma/requirements.in must pin chromadb==$chroma_version (chromadb-client in uv.lock); regenerate docker/chroma/requirements.txt"
-	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/chroma/requirements.txt \
+	wheelhouse --target "$TARGET_JSON" --requirements docker/chroma/requirements.txt \
 		--dest "$BUILD/offline/$PYTHON_TAG/chroma"
 	context=$(stand_in_context chroma)
 	cp -al "$BUILD/offline/$PYTHON_TAG/chroma" "$context/wheels"
 	cp -al "$WHEELHOUSE/tools" "$context/tools"
-	docker_build chroma-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-		--build-arg "CHROMA_VERSION=$chroma_version" \
-		--tag agentmesh/chroma:offline "$context"
+	docker_build chroma-offline agentmesh/chroma:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+		--build-arg "CHROMA_VERSION=$chroma_version" "$context"
 
 	fetch_debs "$BUILD/offline/debs/otel-collector" libpython3.11
-	python3 docker/wheelhouse.py --target "$TARGET_JSON" --requirements docker/otel-collector/requirements.txt \
+	wheelhouse --target "$TARGET_JSON" --requirements docker/otel-collector/requirements.txt \
 		--dest "$BUILD/offline/$PYTHON_TAG/rotel"
 	rotel_version=$(sed -n 's/^rotel==\([^ ]*\).*/\1/p' "$BUILD/offline/$PYTHON_TAG/rotel/requirements.txt")
 	context=$(stand_in_context otel-collector)
 	cp -al "$BUILD/offline/$PYTHON_TAG/rotel" "$context/wheels"
 	cp -al "$BUILD/offline/debs/otel-collector" "$context/debs"
-	docker_build otel-collector-offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-		--build-arg "ROTEL_VERSION=$rotel_version" \
-		--tag agentmesh/otel-collector:offline "$context"
+	docker_build otel-collector-offline agentmesh/otel-collector:offline \
+		--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "ROTEL_VERSION=$rotel_version" "$context"
 
 	if ! { docker run --rm agentmesh/redis:offline redis-server --version >/dev/null &&
 		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:offline -c 'import chromadb_rust_bindings' &&
@@ -366,13 +375,19 @@ build_offline_infra() {
 pull_official_infra() {
 	REDIS_IMAGE=$OFFICIAL_REDIS_IMAGE
 	CHROMA_IMAGE=${OFFICIAL_CHROMA_IMAGE:-chromadb/chroma:$(lock_version chromadb-client)}
-	COLLECTOR_IMAGE=$OFFICIAL_COLLECTOR_IMAGE
-	COLLECTOR_FLAVOR=contrib
-	local image
-	for image in "$OFFICIAL_PYTHON_IMAGE" "$REDIS_IMAGE" "$CHROMA_IMAGE" "$COLLECTOR_IMAGE"; do
+	local image context=$BUILD/context/otel-contrib
+	for image in "$OFFICIAL_PYTHON_IMAGE" "$REDIS_IMAGE" "$CHROMA_IMAGE" "$OFFICIAL_COLLECTOR_IMAGE"; do
 		docker pull --quiet "$image" >/dev/null || die "docker pull $image failed"
 	done
-	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $COLLECTOR_IMAGE"
+	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $OFFICIAL_COLLECTOR_IMAGE"
+	# The official collector with a /var/lib/otel its user can write (see the Dockerfile).
+	rm -rf "$context"
+	mkdir -p "$context/var-lib/otel"
+	docker_build otel-collector-contrib agentmesh/otel-collector:contrib \
+		--file docker/otel-collector/contrib.Dockerfile \
+		--build-arg "COLLECTOR_IMAGE=$OFFICIAL_COLLECTOR_IMAGE" "$context"
+	COLLECTOR_IMAGE=agentmesh/otel-collector:contrib
+	COLLECTOR_FLAVOR=contrib
 }
 
 write_images_env() {
