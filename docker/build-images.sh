@@ -5,9 +5,7 @@
 #
 # Image source (AGENTMESH_IMAGE_SOURCE=official|offline overrides the decision):
 #   official  `docker pull python:3.12-slim` works: the official Python base and the
-#             official Redis, Chroma and OpenTelemetry Collector images are pulled (the
-#             collector gets one layer: a /var/lib/otel its user can write,
-#             agentmesh/otel-collector:contrib).
+#             official Redis, Chroma and OpenTelemetry Collector images are pulled.
 #   offline   no registry: a Debian bookworm root filesystem, built with mmdebstrap
 #             from the host's apt mirror, is imported as agentmesh/python-base:bookworm,
 #             and Redis, Chroma and the collector are stand-ins built on it
@@ -375,19 +373,13 @@ build_offline_infra() {
 pull_official_infra() {
 	REDIS_IMAGE=$OFFICIAL_REDIS_IMAGE
 	CHROMA_IMAGE=${OFFICIAL_CHROMA_IMAGE:-chromadb/chroma:$(lock_version chromadb-client)}
-	local image context=$BUILD/context/otel-contrib
-	for image in "$OFFICIAL_PYTHON_IMAGE" "$REDIS_IMAGE" "$CHROMA_IMAGE" "$OFFICIAL_COLLECTOR_IMAGE"; do
+	COLLECTOR_IMAGE=$OFFICIAL_COLLECTOR_IMAGE
+	COLLECTOR_FLAVOR=contrib
+	local image
+	for image in "$OFFICIAL_PYTHON_IMAGE" "$REDIS_IMAGE" "$CHROMA_IMAGE" "$COLLECTOR_IMAGE"; do
 		docker pull --quiet "$image" >/dev/null || die "docker pull $image failed"
 	done
-	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $OFFICIAL_COLLECTOR_IMAGE"
-	# The official collector with a /var/lib/otel its user can write (see the Dockerfile).
-	rm -rf "$context"
-	mkdir -p "$context/var-lib/otel"
-	docker_build otel-collector-contrib agentmesh/otel-collector:contrib \
-		--file docker/otel-collector/contrib.Dockerfile \
-		--build-arg "COLLECTOR_IMAGE=$OFFICIAL_COLLECTOR_IMAGE" "$context"
-	COLLECTOR_IMAGE=agentmesh/otel-collector:contrib
-	COLLECTOR_FLAVOR=contrib
+	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $COLLECTOR_IMAGE"
 }
 
 write_images_env() {
