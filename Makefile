@@ -48,11 +48,27 @@ _next:
 
 .PHONY: down
 down: ## stop and remove the mesh's containers (data volumes are kept)
-	@if [ -f .env ]; then $(COMPOSE) --profile scripted down --remove-orphans; else echo "down: no .env, nothing started"; fi
+	@if [ -f .env ]; then $(COMPOSE) --profile scripted --profile monitoring down --remove-orphans; else echo "down: no .env, nothing started"; fi
 
 .PHONY: clean
 clean: ## stop the mesh and delete its volumes (task records, memory, traces)
-	@if [ -f .env ]; then $(COMPOSE) --profile scripted down --remove-orphans --volumes; fi
+	@if [ -f .env ]; then $(COMPOSE) --profile scripted --profile monitoring down --remove-orphans --volumes; fi
+
+.PHONY: trace
+trace: ## show a task's span tree: make trace ID=<task id>
+	$(COMPOSE) exec -T orchestrator orchestrator trace "$(ID)" --wait 10
+
+.PHONY: monitoring
+monitoring: ## add Flower (Celery's dashboard) on http://127.0.0.1:5555
+	@$(COMPOSE) --profile monitoring up -d flower
+	@scripts/wait-healthy.sh $(COMPOSE) --profile monitoring
+
+.PHONY: tracing-ui
+tracing-ui: ## add a Jaeger UI on http://127.0.0.1:16686 (needs a registry: official collector image)
+	@grep -qx 'COLLECTOR_FLAVOR=contrib' build/images.env || \
+	  { echo "tracing-ui needs the official collector image: run make up where a registry is reachable"; exit 1; }
+	@$(COMPOSE) -f compose.yaml -f compose.tracing-ui.yaml up -d --remove-orphans
+	@scripts/wait-healthy.sh $(COMPOSE) -f compose.yaml -f compose.tracing-ui.yaml
 
 .PHONY: ps
 ps: ## show the mesh's containers and their health

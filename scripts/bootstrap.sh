@@ -28,6 +28,20 @@ if [ ! -x .tools/chroma/bin/chroma ]; then
   "$UV" pip install --quiet --python .tools/chroma/bin/python "chromadb==${CHROMA_VERSION}"
 fi
 
+if ! compgen -G '.tools/rotel/lib/python3*/site-packages/rotel/rotel-agent' >/dev/null; then
+  echo "bootstrap: installing the rotel collector into .tools/rotel" >&2
+  "$UV" venv --quiet --python 3.11 .tools/rotel
+  "$UV" pip install --quiet --python .tools/rotel/bin/python -r docker/otel-collector/requirements.txt
+fi
+if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libpython3.11 >/dev/null
+  else
+    echo "bootstrap: libpython3.11 is missing (the rotel collector links it): sudo apt-get install libpython3.11" >&2
+  fi
+fi
+
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing redis-server with apt" >&2

@@ -36,14 +36,14 @@ StartCollector = Callable[..., Collector]
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[StartCollector]:
-    """Starts the collector (stopped after the test); skips, saying why, if it is not installed."""
+    """Starts the collector (stopped after the test); fails, saying why, if it is not installed."""
     with ExitStack() as stack:
 
         def started(**env: str) -> Collector:
             try:
                 return stack.enter_context(start_collector(tmp_path / "collector", env=env))
             except CollectorMissingError as err:
-                pytest.skip(f"collector integration test skipped: {err}")
+                pytest.fail(f"the collector is not installed (make bootstrap installs it): {err}")
 
         yield started
 

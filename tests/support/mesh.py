@@ -19,6 +19,7 @@ import redis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from tests.support.chroma_server import free_port, start_chroma
+from tests.support.collector import start_collector
 
 BIN = Path(sys.executable).parent
 
@@ -108,6 +109,8 @@ class LocalMesh:
     llm_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     chroma_url: str = ""
+    otlp_endpoint: str = ""
+    traces_file: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     _worker_seq: int = 0
 
@@ -139,6 +142,14 @@ class LocalMesh:
                 "AGENTMESH_LOG_LEVEL": "INFO",
             }
         )
+        if self.otlp_endpoint and self.traces_file:
+            env.update(
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
+                    "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                    "AGENTMESH_TRACES_FILE": str(self.traces_file),
+                }
+            )
         env.update(extra)
         return env
 
@@ -268,12 +279,21 @@ class LocalMesh:
 
 @contextmanager
 def local_mesh(
-    root: Path, *, researchers: int = 1, coders: int = 1, llm_delay_ms: int = 0
+    root: Path,
+    *,
+    researchers: int = 1,
+    coders: int = 1,
+    llm_delay_ms: int = 0,
+    tracing: bool = True,
 ) -> Iterator[LocalMesh]:
+    """The mesh as processes; with ``tracing``, every process exports to a real collector."""
     mesh = LocalMesh(root=root, llm_delay_ms=llm_delay_ms)
     with ExitStack() as stack:
         stack.callback(mesh.stop)
         mesh.start_redis()
+        if tracing:
+            collector = stack.enter_context(start_collector(root / "collector"))
+            mesh.otlp_endpoint, mesh.traces_file = collector.grpc_endpoint, collector.traces_file
         mesh.chroma_url = stack.enter_context(start_chroma(free_port(), root / "chroma"))
         mesh.start_llm()
         mesh.start_orchestrator()

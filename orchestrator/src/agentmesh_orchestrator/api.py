@@ -31,6 +31,8 @@ from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from agentmesh_orchestrator.service import Services
+from agentmesh_orchestrator.trace_api import register_trace_routes
+from agentmesh_orchestrator.traces import TraceReader
 
 log = logging.getLogger("agentmesh.api")
 _tracer = telemetry.tracer("agentmesh.orchestrator.api")
@@ -195,6 +197,12 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             content={"status": "ready" if ready else "not ready", "checks": checks},
         )
 
+    reader = TraceReader(settings.traces_file)
+    register_trace_routes(
+        app,
+        lambda: reader,
+        lambda task_id: services.store.get(task_id) if keys_ok(task_id) else None,
+    )
     return app
 
 

@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 import click
+from agentmesh_shared import telemetry
+from opentelemetry.trace import SpanKind
 
 from agentmesh_orchestrator.client import ApiClient, ApiError
 
@@ -73,6 +75,15 @@ def main(ctx: click.Context, api: str) -> None:
     """Submit tasks to the agentmesh orchestrator and inspect the mesh."""
     ctx.ensure_object(dict)
     ctx.obj["api"] = api
+    if telemetry.export_enabled() and ctx.invoked_subcommand != "serve":
+        # The CLI is the first hop of a task's trace: its span is the API call's parent.
+        telemetry.setup_telemetry("orchestrator-cli")
+        ctx.call_on_close(telemetry.shutdown_telemetry)
+        ctx.with_resource(
+            telemetry.tracer("agentmesh.cli").start_as_current_span(
+                f"cli {ctx.invoked_subcommand}", kind=SpanKind.CLIENT
+            )
+        )
 
 
 @main.command()

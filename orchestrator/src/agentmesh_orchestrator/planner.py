@@ -184,6 +184,11 @@ class Planner:
             events.publish(self.redis, task_id, "task.running", "planning started")
         checkpoint = self.store.load_checkpoint(task_id)
         state = LoopState.from_dict(json.loads(checkpoint)) if checkpoint else None
+        log.info(
+            "planning task %s",
+            task_id,
+            extra={"task_id": task_id, "resumed_at_step": state.steps if state else None},
+        )
         try:
             loop = AgentLoop(
                 client=self.llm(),
@@ -266,6 +271,7 @@ class Planner:
         except KeyError:
             return
         metrics.tasks().add(1, {"status": status.value})
+        log.info("task %s %s", task_id, status.value, extra={"task_id": task_id, "error": error})
         if status is not TaskStatus.SUCCEEDED:
             trace.get_current_span().set_status(StatusCode.ERROR, error or status.value)
         events.publish(

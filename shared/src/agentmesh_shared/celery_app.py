@@ -10,7 +10,7 @@ Celery result backend is off.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from agentmesh_shared.models import QUEUE_BY_ROLE, TASK_NAME_BY_ROLE, Role
 from agentmesh_shared.settings import Settings
@@ -42,7 +42,12 @@ def create_celery_app(settings: Settings, name: str = "agentmesh") -> Celery:
         },
         worker_soft_shutdown_timeout=min(settings.subtask_timeout_s, 60.0),
         worker_enable_soft_shutdown_on_idle=True,
-        task_queues=[Queue(queue) for queue in QUEUE_BY_ROLE.values()],
+        # Each queue has its own direct exchange and routing key, so no queue is ever
+        # bound to another's messages.
+        task_queues=[
+            Queue(queue, Exchange(queue, type="direct"), routing_key=queue)
+            for queue in QUEUE_BY_ROLE.values()
+        ],
         task_routes={TASK_NAME_BY_ROLE[role]: {"queue": role.queue} for role in Role},
         task_default_queue=QUEUE_BY_ROLE[Role.RESEARCHER],
         task_create_missing_queues=False,

@@ -39,5 +39,8 @@ def setup_logging(service: str, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("AGENTMESH_LOG_LEVEL", "INFO"))
-    for noisy in ("httpx", "httpx2", "httpcore", "anthropic._base_client", "chromadb", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Celery's per-task "received"/"succeeded" lines are written outside the task's
+    # trace context; the worker writes its own lines inside it instead.
+    noisy = ("httpx", "httpx2", "httpcore", "anthropic._base_client", "chromadb", "urllib3")
+    for name in (*noisy, "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     api_port: Annotated[int, Field(gt=0, lt=65536)] = 8080
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8080")
     max_task_chars: PositiveInt = 8000
+    # Where the collector keeps traces (OTLP/JSON lines), read by `orchestrator trace`.
+    traces_file: Path = Path("/var/lib/otel/traces.jsonl")
     planner_concurrency: PositiveInt = 16
 
     # --- per-task limits (defaults; overridable per task) ---------------------------

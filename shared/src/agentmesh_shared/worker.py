@@ -238,6 +238,11 @@ def execute_subtask(
     span = trace.get_current_span()
     span.set_attribute("agentmesh.task_id", msg.task_id)
     span.set_attribute("agentmesh.subtask_id", msg.subtask_id)
+    log.info(
+        "subtask %s started",
+        msg.subtask_id,
+        extra={"task_id": msg.task_id, "subtask_id": msg.subtask_id, "role": msg.role.value},
+    )
     runtime._enter(msg)
     try:
         result = _run(runtime, agent, msg)
@@ -249,6 +254,21 @@ def execute_subtask(
     metrics.subtask_duration().record(result.finished_at - result.started_at, attrs)
     if result.status == "failed":
         span.set_status(StatusCode.ERROR, result.error or "failed")
+    log.info(
+        "subtask %s %s",
+        msg.subtask_id,
+        result.status,
+        extra={
+            "task_id": msg.task_id,
+            "subtask_id": msg.subtask_id,
+            "role": msg.role.value,
+            "steps": result.steps,
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "error": result.error,
+            "duration_s": round(result.finished_at - result.started_at, 3),
+        },
+    )
 
 
 def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
