@@ -1,1 +1,1 @@
-
+"""The agentmesh orchestrator: HTTP API, planning loop and the orchestrator CLI."""

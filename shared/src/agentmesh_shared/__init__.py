@@ -1,1 +1,1 @@
-
+"""agentmesh shared library: settings, models, Celery app, agent loop, memory, telemetry."""

@@ -1,2 +1,1 @@
-
-# rebuild probe
+"""The researcher worker: a Celery consumer of the research queue."""
