@@ -36,6 +36,9 @@ OFFICIAL_REDIS_IMAGE=${OFFICIAL_REDIS_IMAGE:-redis:7.4-bookworm}
 OFFICIAL_COLLECTOR_IMAGE=${OFFICIAL_COLLECTOR_IMAGE:-otel/opentelemetry-collector-contrib:0.150.0}
 BASE_IMAGE=agentmesh/python-base:bookworm
 DEBIAN_SUITE=bookworm
+# The same path inside the base image, so apt there (and on the host, reading the
+# base's sources for the stand-ins' packages) checks the same keys.
+DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 BASE_PACKAGES=python3,python3-venv,ca-certificates,netbase,usr-is-merged
 IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
 SERVICES=(orchestrator researcher coder)
@@ -145,6 +148,7 @@ build_base_image() {
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
 	fi
 	[ "$(id -u)" = 0 ] || die "building the base root filesystem needs root (mmdebstrap)"
+	[ -f "$DEBIAN_KEYRING" ] || die "$DEBIAN_KEYRING is missing: apt-get install debian-archive-keyring"
 	local mirror security began=$SECONDS
 	mirror=${AGENTMESH_DEBIAN_MIRROR:-$(host_mirror '/debian/?$' http://deb.debian.org/debian)}
 	security=${AGENTMESH_DEBIAN_SECURITY:-$(host_mirror '/debian-security/?$' http://deb.debian.org/debian-security)}
@@ -164,9 +168,10 @@ build_base_image() {
 		--dpkgopt='path-exclude=/usr/share/lintian/*' \
 		--customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/cache/debconf/*-old "$1"/var/lib/dpkg/*-old "$1"/var/log/apt/eipp.log.xz' \
 		"$DEBIAN_SUITE" "$BUILD/base/rootfs.tar" \
-		"deb $mirror $DEBIAN_SUITE main" \
-		"deb $mirror $DEBIAN_SUITE-updates main" \
-		"deb $security $DEBIAN_SUITE-security main" >"$LOGS/python-base.log" 2>&1; then
+		"deb [signed-by=$DEBIAN_KEYRING] $mirror $DEBIAN_SUITE main" \
+		"deb [signed-by=$DEBIAN_KEYRING] $mirror $DEBIAN_SUITE-updates main" \
+		"deb [signed-by=$DEBIAN_KEYRING] $security $DEBIAN_SUITE-security main" \
+		>"$LOGS/python-base.log" 2>&1; then
 		tail -n 40 "$LOGS/python-base.log" >&2
 		die "mmdebstrap failed (full log: $LOGS/python-base.log)"
 	fi
