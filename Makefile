@@ -126,6 +126,10 @@ test-e2e: bootstrap images ## the e2e tier against the real compose mesh (always
 dev: bootstrap ## run the whole mesh as local processes (no Docker), with the scripted model
 	$(UV) run --frozen python -m tests.support.devmesh
 
+.PHONY: soak
+soak: bootstrap ## hundreds of tasks through replicas while workers are SIGKILLed at random (long)
+	$(UV) run --frozen python -m tests.soak.run
+
 .PHONY: bench
 bench: bootstrap ## performance as ratios against baselines measured in the same run
 	$(UV) run --frozen python -m tests.bench.run

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import httpx
 from agentmesh_shared.models import TASK_NAME_BY_ROLE, Role
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer
 
 from tests.support.mesh import LocalMesh, wait_until
@@ -88,3 +91,47 @@ def test_malformed_broker_messages_are_dead_lettered_and_workers_keep_serving(
     done = mesh.cli("submit", "still serving?", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"text": st.one_of(st.text(max_size=50), st.integers(), st.none())},
+        optional={
+            "max_steps": json_values,
+            "token_budget": json_values,
+            "timeout_s": json_values,
+            "extra": json_values,
+        },
+    ),
+)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=bodies)
+def test_any_json_body_gets_an_answer_never_a_server_error(mesh: LocalMesh, body: object) -> None:
+    reply = httpx.post(f"{mesh.api_url}/tasks", json=body, timeout=30)
+    assert reply.status_code in {202, 422}, (body, reply.status_code, reply.text)
+    detail = reply.json()
+    if reply.status_code == 422:
+        assert isinstance(detail["detail"], str) and detail["detail"].startswith("invalid request")
+    else:
+        assert detail["status"] == "queued" and detail["text"] == str(body["text"]).strip()  # type: ignore[index]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(task_id=st.text(max_size=200))
+def test_any_task_id_is_found_or_cleanly_unknown(mesh: LocalMesh, task_id: str) -> None:
+    reply = httpx.get(f"{mesh.api_url}/tasks/{quote(task_id, safe='')}", timeout=30)
+    assert reply.status_code in {200, 404, 405}, (task_id, reply.status_code, reply.text)
