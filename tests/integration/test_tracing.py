@@ -52,6 +52,8 @@ def test_one_trace_spans_cli_api_planner_broker_workers_llm_and_memory(mesh: Loc
 
     # Every LLM call is a GenAI span with the real token counts of its response.
     chats = [s for s in spans if s["name"].startswith("chat ")]
+    # One GenAI span per model call: nothing else (e.g. the SDK's own spans) repeats them.
+    assert chats == [s for s in spans if s["attributes"].get("gen_ai.operation.name") == "chat"]
     assert {s["service"] for s in chats} == {"orchestrator", "researcher", "coder"}
     for chat in chats:
         attrs = chat["attributes"]

@@ -32,4 +32,8 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
         else None,
         max_retries=settings.llm_max_retries,
         timeout=settings.llm_timeout_s,
+        # The agent loop makes one GenAI span per model call (with the agent's name and
+        # the content policy of AGENTMESH_TRACE_CONTENT); the SDK's own call spans would
+        # duplicate it and double every token count summed from traces.
+        open_telemetry={"traces": {"enabled": False}},
     )

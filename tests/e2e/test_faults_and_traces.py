@@ -1,0 +1,165 @@
+"""In the real compose mesh: traces across containers, and faults injected into containers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tests.e2e.conftest import ComposeMesh
+
+
+def set_llm(mesh: ComposeMesh, **config: int) -> None:
+    """Reconfigure the scripted model (not published) from inside the network."""
+    code = (
+        "import json, sys, urllib.request as r; "
+        "req = r.Request('http://llm:8090/admin/config', data=sys.stdin.read().encode(), method='POST'); "
+        "print(r.build_opener(r.ProxyHandler({})).open(req, timeout=10).read().decode())"
+    )
+    mesh.compose("exec", "-T", "orchestrator", "python", "-c", code, input_text=json.dumps(config))
+
+
+def submit(mesh: ComposeMesh, text: str) -> str:
+    out = mesh.cli("submit", text, "--json")
+    assert out.returncode == 0, out.stderr
+    task_id: str = json.loads(out.stdout)["id"]
+    return task_id
+
+
+def status(mesh: ComposeMesh, task_id: str) -> dict[str, Any]:
+    out = mesh.cli("status", task_id, "--json")
+    assert out.returncode == 0, out.stderr
+    record: dict[str, Any] = json.loads(out.stdout)
+    return record
+
+
+def wait_end(mesh: ComposeMesh, task_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = status(mesh, task_id)
+        if record["status"] in {"succeeded", "failed", "cancelled"}:
+            return record
+        time.sleep(1)
+    raise AssertionError(f"task {task_id} did not end: {status(mesh, task_id)}")
+
+
+def container_of(mesh: ComposeMesh, role: str, hostname: str) -> str:
+    for container in mesh.containers(role):
+        if mesh.inspect(container)["Config"]["Hostname"] == hostname:  # type: ignore[index]
+            return container
+    raise AssertionError(f"no {role} container with host name {hostname}")
+
+
+def running_on(mesh: ComposeMesh, task_id: str, role: str, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for sub in status(mesh, task_id)["subtasks"]:
+            if sub["role"] == role and sub["status"] == "running" and sub["worker"]:
+                return str(sub["worker"])
+        time.sleep(0.5)
+    raise AssertionError(f"no {role} started on {task_id}")
+
+
+def test_one_trace_across_containers_is_read_back_from_the_collector(
+    compose_mesh: ComposeMesh,
+) -> None:
+    done = compose_mesh.cli("submit", "Trace me across containers", "--wait", "--json")
+    task = json.loads(done.stdout)
+    out = compose_mesh.cli("trace", task["id"], "--json", "--wait", "30")
+    assert out.returncode == 0, out.stderr
+    trace = json.loads(out.stdout)
+    assert trace["trace_id"] == task["trace_id"]
+    services = {s["service"] for s in trace["spans"]}
+    assert {"orchestrator", "researcher", "coder"} <= services, services
+    instances = {s["instance"] for s in trace["spans"] if s["service"] in {"researcher", "coder"}}
+    assert instances <= {sub["worker"] for sub in task["subtasks"]}
+    chats = [s for s in trace["spans"] if s["attributes"].get("gen_ai.operation.name") == "chat"]
+    assert (
+        sum(s["attributes"]["gen_ai.usage.input_tokens"] for s in chats)
+        == task["usage"]["input_tokens"]
+    )
+    collector_log = compose_mesh.compose("logs", "--no-color", "otel-collector").stdout
+    assert "spans" in collector_log.lower(), collector_log[-2000:]
+
+
+def test_a_killed_researcher_container_loses_no_task(compose_mesh: ComposeMesh) -> None:
+    compose_mesh.compose(
+        "up", "-d", "--no-recreate", "--scale", "researcher=2", "--scale", "coder=1"
+    )
+    compose_mesh.wait_healthy()
+    set_llm(compose_mesh, delay_ms=1500)
+    try:
+        ids = [submit(compose_mesh, f"kill batch {i}") for i in range(4)]
+        victim = running_on(compose_mesh, ids[0], "researcher")
+        subprocess.run(
+            ["docker", "kill", container_of(compose_mesh, "researcher", victim)],
+            check=True,
+            capture_output=True,
+        )
+        records = [wait_end(compose_mesh, i) for i in ids]
+        assert all(r["status"] == "succeeded" for r in records), [r.get("error") for r in records]
+    finally:
+        set_llm(compose_mesh, delay_ms=150)
+        compose_mesh.compose(
+            "up", "-d", "--no-recreate", "--scale", "researcher=1", "--scale", "coder=1"
+        )
+        compose_mesh.wait_healthy()
+
+
+def test_stopping_a_worker_hands_its_subtask_on(compose_mesh: ComposeMesh) -> None:
+    set_llm(compose_mesh, delay_ms=1500)
+    try:
+        compose_mesh.compose("up", "-d", "--no-recreate", "--scale", "researcher=2")
+        compose_mesh.wait_healthy()
+        task_id = submit(compose_mesh, "survive docker stop")
+        victim = container_of(
+            compose_mesh, "researcher", running_on(compose_mesh, task_id, "researcher")
+        )
+        started = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "75", victim], check=True, capture_output=True)
+        assert time.monotonic() - started < 75  # finished or handed back within the grace period
+        assert wait_end(compose_mesh, task_id)["status"] == "succeeded"
+    finally:
+        set_llm(compose_mesh, delay_ms=150)
+        compose_mesh.compose("up", "-d", "--scale", "researcher=1")
+        compose_mesh.wait_healthy()
+
+
+def test_orchestrator_and_broker_restarts_lose_no_task(compose_mesh: ComposeMesh) -> None:
+    set_llm(compose_mesh, delay_ms=800)
+    try:
+        ids = [submit(compose_mesh, f"restart batch {i}") for i in range(3)]
+        running_on(compose_mesh, ids[0], "researcher")
+        compose_mesh.compose("restart", "orchestrator")
+        compose_mesh.wait_healthy()
+        compose_mesh.compose("restart", "broker")
+        compose_mesh.wait_healthy()
+        records = [wait_end(compose_mesh, i) for i in ids]
+        assert all(r["status"] == "succeeded" for r in records), [r.get("error") for r in records]
+    finally:
+        set_llm(compose_mesh, delay_ms=150)
+
+
+def test_model_overload_is_retried_then_a_dead_model_fails_clearly(
+    compose_mesh: ComposeMesh,
+) -> None:
+    set_llm(compose_mesh, delay_ms=0, fail_status=529, fail_count=2)
+    assert wait_end(compose_mesh, submit(compose_mesh, "ride out 529s"))["status"] == "succeeded"
+    set_llm(compose_mesh, delay_ms=0, fail_status=500, fail_count=10_000)
+    try:
+        record = wait_end(compose_mesh, submit(compose_mesh, "the model is down"), timeout=150)
+        assert record["status"] == "failed" and "model call failed" in record["error"]
+    finally:
+        set_llm(compose_mesh, delay_ms=150, fail_count=0)
+
+
+def test_a_batch_runs_concurrently(compose_mesh: ComposeMesh) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(
+            pool.map(
+                lambda i: compose_mesh.cli("submit", f"parallel {i}", "--wait", "--json"), range(4)
+            )
+        )
+    assert all(json.loads(o.stdout)["status"] == "succeeded" for o in outs)
