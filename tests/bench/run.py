@@ -10,8 +10,9 @@ measured back to back on the same machine:
 - concurrency: one worker process holding many agent loops whose every model call
   takes ``--delay-ms``; the ratio is the loops it held at once over the loops sent,
   and its resident memory is reported at that load;
-- end to end: one task through CLI-less API submission to ``succeeded`` with the
-  scripted model at 0 ms delay, against the sum of its model calls' own latency.
+- end to end: one task from API submission to ``succeeded`` with the scripted model
+  at 0 ms delay, with tracing exported to a real collector and without; the ratio
+  is the cost of tracing.
 """
 
 from __future__ import annotations
@@ -193,10 +194,18 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         root = Path(tmp)
-        (root / "e2e").mkdir()
-        with local_mesh(root / "e2e") as mesh:
-            bench_end_to_end(mesh, 2)  # warm-up: model weights, connections
-            results["end_to_end"] = bench_end_to_end(mesh, args.tasks)
+        for tracing in (False, True):
+            where = root / f"e2e-tracing-{tracing}"
+            where.mkdir()
+            with local_mesh(where, tracing=tracing) as mesh:
+                bench_end_to_end(mesh, 2)  # warm-up: model weights, connections
+                results[f"end_to_end_tracing_{'on' if tracing else 'off'}"] = bench_end_to_end(
+                    mesh, args.tasks
+                )
+        results["tracing_overhead_ratio"] = round(
+            results["end_to_end_tracing_on"]["p50_s"] / results["end_to_end_tracing_off"]["p50_s"],
+            3,
+        )
         (root / "dispatch").mkdir()
         results["dispatch"] = bench_dispatch(root / "dispatch", args.round_trips)
         (root / "conc").mkdir()

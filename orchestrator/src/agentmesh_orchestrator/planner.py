@@ -333,12 +333,9 @@ class Planner:
         with _tracer.start_as_current_span(
             f"send {message.role.queue}",
             kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "celery",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": message.role.queue,
-                "messaging.message.id": message.subtask_id,
-            },
+            attributes=telemetry.messaging_attributes(
+                "send", message.role.queue, message.subtask_id
+            ),
         ):
             self.celery.send_task(
                 TASK_NAME_BY_ROLE[message.role],

@@ -113,6 +113,16 @@ def extract(carrier: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(dict(carrier or {}))
 
 
+def messaging_attributes(operation: str, queue: str, message_id: str) -> dict[str, str]:
+    """Semantic-convention attributes of a broker hop (the producer and consumer spans)."""
+    return {
+        "messaging.system": "celery",
+        "messaging.operation.type": operation,
+        "messaging.destination.name": queue,
+        "messaging.message.id": message_id,
+    }
+
+
 def current_ids() -> tuple[str, str] | None:
     """(trace_id, span_id) of the current span, as hex, if there is one."""
     ctx = trace.get_current_span().get_span_context()

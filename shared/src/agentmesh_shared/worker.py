@@ -53,6 +53,7 @@ from agentmesh_shared.models import (
     Role,
     SubtaskMessage,
     SubtaskResult,
+    Usage,
     WorkerInfo,
 )
 from agentmesh_shared.redisconn import connect
@@ -299,19 +300,7 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
     state = LoopState(messages=[{"role": "user", "content": msg.instruction}])
 
     def failed(reason: str, artifacts: dict[str, Any] | None = None) -> SubtaskResult:
-        return SubtaskResult(
-            task_id=msg.task_id,
-            subtask_id=msg.subtask_id,
-            role=msg.role,
-            status="failed",
-            worker=runtime.hostname,
-            error=reason,
-            usage=state.usage,
-            steps=state.steps,
-            artifacts=artifacts or {},
-            started_at=started,
-            finished_at=time.time(),
-        )
+        return _failed_result(runtime, msg, started, reason, state=state, artifacts=artifacts)
 
     if r.exists(keys.cancel_flag(msg.task_id)):
         return failed("the task was cancelled")
@@ -383,8 +372,15 @@ def _collect(session: RoleSession) -> dict[str, Any]:
 
 
 def _failed_result(
-    runtime: WorkerRuntime, msg: SubtaskMessage, started: float, reason: str
+    runtime: WorkerRuntime,
+    msg: SubtaskMessage,
+    started: float,
+    reason: str,
+    *,
+    state: LoopState | None = None,
+    artifacts: dict[str, Any] | None = None,
 ) -> SubtaskResult:
+    """A failed subtask's result, with what its loop had spent so far."""
     return SubtaskResult(
         task_id=msg.task_id,
         subtask_id=msg.subtask_id,
@@ -392,6 +388,9 @@ def _failed_result(
         status="failed",
         worker=runtime.hostname,
         error=reason,
+        usage=state.usage if state else Usage(),
+        steps=state.steps if state else 0,
+        artifacts=artifacts or {},
         started_at=started,
         finished_at=time.time(),
     )
@@ -503,10 +502,9 @@ def build_app(runtime: WorkerRuntime, agent: RoleAgent) -> Celery:
                 f"process {runtime.role.queue}",
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "celery",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": runtime.role.queue,
-                    "messaging.message.id": str(self.request.id),
+                    **telemetry.messaging_attributes(
+                        "process", runtime.role.queue, str(self.request.id)
+                    ),
                     "agentmesh.role": runtime.role.value,
                 },
             ):
