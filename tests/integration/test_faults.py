@@ -129,6 +129,10 @@ def test_queued_and_in_flight_tasks_survive_a_redis_restart(mesh: LocalMesh) -> 
     for task_id in ids:
         done = wait_done(mesh, task_id, timeout=180)
         assert done["status"] == "succeeded", done
+    # Every worker is still (or again, restarted in place) serving: no supervisor needed.
+    time.sleep(5)
+    assert all(p.alive() for n, p in mesh.procs.items() if n.startswith(("researcher", "coder")))
+    assert wait_done(mesh, submit(mesh, "after the restart"))["status"] == "succeeded"
 
 
 def test_model_errors_are_retried_with_backoff_then_succeed(mesh: LocalMesh) -> None:

@@ -561,4 +561,23 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
         f"--loglevel={os.environ.get('AGENTMESH_LOG_LEVEL', 'INFO')}",
         *(argv if argv is not None else sys.argv[1:]),
     ]
-    app.worker_main(args)
+    shutdown_requested = threading.Event()
+    signals.worker_shutting_down.connect(lambda **_: shutdown_requested.set(), weak=False)
+    exit_codes: list[int] = []
+    signals.worker_shutdown.connect(
+        lambda sender=None, **_: exit_codes.append(int(getattr(sender, "exitcode", 0) or 0)),
+        weak=False,
+    )
+    app.worker_main(args)  # returns no exit code: the worker_shutdown signal carries it
+    code = exit_codes[-1] if exit_codes else 0
+    if code not in (0, None) and not shutdown_requested.is_set():
+        # Celery's consumer can die on a broker outage ("Unrecoverable error" while
+        # closing the lost connection). Its pool has drained by now, so the process
+        # starts again in place instead of staying down until a supervisor notices;
+        # subtasks that did not finish are resent through their lapsed leases.
+        log.error(
+            "the Celery consumer stopped (exit %s) without a shutdown request: restarting", code
+        )
+        telemetry.shutdown_telemetry()
+        os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 - same program, same args
+    raise SystemExit(code)

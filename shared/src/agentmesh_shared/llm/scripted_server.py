@@ -189,7 +189,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self.server.fail_remaining = config.fail_count
         self._send(HTTPStatus.OK, {"status": "ok", **config.model_dump()})
 
-    def _error(self, status: HTTPStatus, kind: str, message: str) -> None:
+    def _error(self, status: int, kind: str, message: str) -> None:
         self._send(status, {"type": "error", "error": {"type": kind, "message": message}})
 
     def do_GET(self) -> None:
@@ -242,7 +242,8 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             time.sleep(self.server.delay_s)
         if fail_status is not None:
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(fail_status, "api_error")
-            self._error(HTTPStatus(fail_status), kind, f"{LABEL} injected failure {fail_status}")
+            # 529 (overloaded) is Anthropic's own status: not in http.HTTPStatus.
+            self._error(fail_status, kind, f"{LABEL} injected failure {fail_status}")
             return
         content, stop_reason = reply_for(request)
         self._send(
