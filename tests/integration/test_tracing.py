@@ -35,7 +35,8 @@ def test_one_trace_spans_cli_api_planner_broker_workers_llm_and_memory(mesh: Loc
 
     # CLI -> API -> planner: one chain of parents.
     submit = next(s for s in spans if s["name"] == "task.submit")
-    assert index[submit["parent_span_id"]]["service"] == "orchestrator-cli"
+    assert [a["service"] for a in _ancestors(submit, index)] == ["orchestrator", "orchestrator-cli"]
+    assert not any(s["name"].startswith("GET /healthz") for s in spans)
     plan = next(s for s in spans if s["name"] == "task.plan")
     assert submit in _ancestors(plan, index)
 

@@ -58,7 +58,18 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         yield
         services.planner.shutdown()
 
-    app = FastAPI(title="agentmesh orchestrator", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="agentmesh orchestrator",
+        version="0.1.0",
+        lifespan=lifespan,
+        # FastAPI's own server spans (POST /tasks, ...) parent our spans; health probes
+        # every few seconds would only fill the trace store, and the per-request
+        # dependency/serialization spans say nothing about tasks.
+        telemetry={
+            "exclude": lambda scope: scope.get("path") in {"/healthz", "/readyz"},
+            "operation_spans": False,
+        },
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -96,10 +107,10 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
                     "or run `make demo` for the scripted model"
                 ),
             )
-        parent = telemetry.extract(dict(request.headers))
-        with _tracer.start_as_current_span(
-            "task.submit", context=parent, kind=trace.SpanKind.SERVER
-        ):
+        # Inside FastAPI's server span when its telemetry is on; else from the headers.
+        current = trace.get_current_span().get_span_context()
+        parent = None if current.is_valid else telemetry.extract(dict(request.headers))
+        with _tracer.start_as_current_span("task.submit", context=parent):
             record = TaskRecord(
                 id=new_id(),
                 text=body.text,
