@@ -228,3 +228,19 @@ def test_cli_submit_over_a_dead_api_says_so(mesh: LocalMesh) -> None:
         check=False,
     )
     assert out.returncode == 3 and "make up" in out.stderr
+
+
+def test_memory_down_fails_the_subtasks_and_the_task_clearly_in_bounded_time(tmp_path: Path) -> None:
+    with local_mesh(tmp_path, researchers=0, coders=0, tracing=False) as down:
+        dead = "http://127.0.0.1:9"  # nothing listens: Chroma is down for these workers
+        down.start_worker("researcher", CHROMA_URL=dead)
+        down.start_worker("coder", CHROMA_URL=dead)
+        started = time.monotonic()
+        task_id = httpx.post(f"{down.api_url}/tasks", json={"text": "memory is down"}).json()["id"]
+        done = wait_done(down, task_id, timeout=120)
+        assert time.monotonic() - started < 90
+        assert done["status"] == "failed"
+        assert done["error"].startswith("every subtask failed")
+        for sub in done["subtasks"]:
+            assert sub["status"] == "failed"
+            assert "MemoryUnavailableError" in sub["error"] and dead in sub["error"]

@@ -216,7 +216,18 @@ class Planner:
         except anthropic.APIError as err:
             self._finish(task_id, TaskStatus.FAILED, error=f"model call failed: {err}")
         else:
-            failed = [s for s in self._subtasks(task_id) if s.status is TaskStatus.FAILED]
+            subtasks = self._subtasks(task_id)
+            failed = [s for s in subtasks if s.status is TaskStatus.FAILED]
+            if subtasks and len(failed) == len(subtasks):
+                # Nothing the answer rests on was done: the task failed, with the reasons.
+                reasons = "; ".join(f"{s.role.value}: {s.error}" for s in failed)
+                self._finish(
+                    task_id,
+                    TaskStatus.FAILED,
+                    result=outcome.text,
+                    error=f"every subtask failed: {reasons}",
+                )
+                return
             note = f" ({len(failed)} subtask(s) failed)" if failed else ""
             self._finish(task_id, TaskStatus.SUCCEEDED, result=outcome.text, note=note)
 

@@ -11,6 +11,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from pydantic import BaseModel, Field
 
 from agentmesh_shared.agent.tools import Tool, ToolContext, ToolError
+from agentmesh_shared.memory.client import MemoryClientError, MemoryUnavailableError
 from agentmesh_shared.telemetry import tracer
 
 if TYPE_CHECKING:
@@ -51,10 +52,16 @@ def memory_search_tool(memory: MemoryClient) -> Tool[MemorySearchInput]:
         with _memory_span("query", memory) as span:
             try:
                 hits = memory.search(args.query, k=args.k, where=where)
-            except Exception as err:
+            except MemoryUnavailableError as err:
+                # Memory is down after the client's bounded retries: the subtask fails
+                # with that reason instead of the model working on without memory.
                 span.record_exception(err)
                 span.set_status(StatusCode.ERROR, str(err))
-                raise ToolError(f"memory is unavailable: {err}") from err
+                raise
+            except MemoryClientError as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err))
+                raise ToolError(f"memory refused the request: {err}") from err
             span.set_attribute("db.response.returned_rows", len(hits))
         if not hits:
             return "no notes found"
@@ -104,10 +111,16 @@ def memory_store_tool(memory: MemoryClient, ids: NoteIds, role: str) -> Tool[Mem
             span.set_attribute("agentmesh.memory.note_id", note_id)
             try:
                 memory.store(note_id, args.text, metadata)
-            except Exception as err:
+            except MemoryUnavailableError as err:
+                # Memory is down after the client's bounded retries: the subtask fails
+                # with that reason instead of the model working on without memory.
                 span.record_exception(err)
                 span.set_status(StatusCode.ERROR, str(err))
-                raise ToolError(f"memory is unavailable: {err}") from err
+                raise
+            except MemoryClientError as err:
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err))
+                raise ToolError(f"memory refused the request: {err}") from err
         return f"stored note {note_id}"
 
     return Tool(
