@@ -230,7 +230,9 @@ def test_cli_submit_over_a_dead_api_says_so(mesh: LocalMesh) -> None:
     assert out.returncode == 3 and "make up" in out.stderr
 
 
-def test_memory_down_fails_the_subtasks_and_the_task_clearly_in_bounded_time(tmp_path: Path) -> None:
+def test_memory_down_fails_the_subtasks_and_the_task_clearly_in_bounded_time(
+    tmp_path: Path,
+) -> None:
     with local_mesh(tmp_path, researchers=0, coders=0, tracing=False) as down:
         dead = "http://127.0.0.1:9"  # nothing listens: Chroma is down for these workers
         down.start_worker("researcher", CHROMA_URL=dead)
