@@ -48,7 +48,6 @@ declare -A SERVICE_SCRIPTS=(
 	[researcher]="researcher-worker"
 	[coder]="coder-worker"
 )
-UV_VERSION=0.13.9
 
 BUILD=build
 WHEELHOUSE=$BUILD/wheelhouse
@@ -109,16 +108,7 @@ choose_source() {
 }
 
 ensure_uv() {
-	if [ -x .tools/uv/bin/uv ]; then
-		UV=$PWD/.tools/uv/bin/uv
-	elif command -v uv >/dev/null 2>&1; then
-		UV=$(command -v uv)
-	else
-		log "installing uv $UV_VERSION into .tools/uv"
-		python3 -m venv .tools/uv
-		.tools/uv/bin/pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
-		UV=$PWD/.tools/uv/bin/uv
-	fi
+	UV=$(scripts/uv.sh)
 }
 
 # docker/wheelhouse.py, in an environment that has pip whatever the host's Python lacks.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests and local development need on a fresh machine:
-#   - uv (the workspace's package manager), pinned, in .tools/uv
+#   - uv (the workspace's package manager), pinned, in .tools/uv (scripts/uv.sh)
 #   - the workspace venv (.venv) from uv.lock
 #   - a Chroma server in its own venv (.tools/chroma): the full chromadb wheel clashes
 #     with chromadb-client, which the services use
@@ -8,17 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-UV_VERSION=0.13.9
 CHROMA_VERSION=$(awk '/^name = "chromadb-client"/{getline; gsub(/[^0-9.]/,""); print; exit}' uv.lock)
-
-uv_bin() {
-  if [ -x .tools/uv/bin/uv ]; then echo .tools/uv/bin/uv; return; fi
-  echo "bootstrap: installing uv ${UV_VERSION} into .tools/uv" >&2
-  python3 -m venv .tools/uv
-  .tools/uv/bin/pip install --quiet --disable-pip-version-check "uv==${UV_VERSION}"
-  echo .tools/uv/bin/uv
-}
-UV=$(uv_bin)
+UV=$(scripts/uv.sh)
 
 "$UV" sync --frozen --quiet
 

@@ -207,9 +207,7 @@ class Planner:
                 agent_name="orchestrator",
             )
             outcome = loop.run(prompt=record.text, state=state)
-        except LLMNotConfiguredError as err:
-            self._finish(task_id, TaskStatus.FAILED, error=str(err))
-        except LoopLimitError as err:
+        except (LLMNotConfiguredError, LoopLimitError) as err:
             self._finish(task_id, TaskStatus.FAILED, error=str(err))
         except CancelledError:
             self._finish(task_id, TaskStatus.CANCELLED, error="cancelled by request")

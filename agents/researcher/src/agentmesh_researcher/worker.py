@@ -8,7 +8,7 @@ tasks) can build on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -29,7 +29,6 @@ with a concise summary of what you found and stored."""
 @dataclass
 class ResearchSession:
     tools: Sequence[Tool[Any]]
-    stored: list[str] = field(default_factory=list)
 
     def artifacts(self) -> dict[str, Any]:
         return {}
