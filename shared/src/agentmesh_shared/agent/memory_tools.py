@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel, Field
 
 from agentmesh_shared.agent.tools import Tool, ToolContext, ToolError
@@ -21,8 +22,14 @@ if TYPE_CHECKING:
 _tracer = tracer("agentmesh.memory")
 
 
-def _memory_span(operation: str, memory: MemoryClient) -> AbstractContextManager[Span]:
-    return _tracer.start_as_current_span(
+@contextmanager
+def _memory_call(operation: str, memory: MemoryClient) -> Iterator[Span]:
+    """A span around one memory call; errors the model can act on become tool errors.
+
+    Memory down after the client's bounded retries is not one of them: it ends the
+    subtask with that reason. The span records whatever escapes.
+    """
+    with _tracer.start_as_current_span(
         f"{operation} {memory.collection_name}",
         kind=SpanKind.CLIENT,
         attributes={
@@ -31,7 +38,13 @@ def _memory_span(operation: str, memory: MemoryClient) -> AbstractContextManager
             "db.collection.name": memory.collection_name,
             "server.address": memory.url,
         },
-    )
+    ) as span:
+        try:
+            yield span
+        except MemoryUnavailableError:
+            raise
+        except MemoryClientError as err:
+            raise ToolError(f"memory refused the request: {err}") from err
 
 
 class MemorySearchInput(BaseModel):
@@ -49,19 +62,8 @@ class MemoryStoreInput(BaseModel):
 def memory_search_tool(memory: MemoryClient) -> Tool[MemorySearchInput]:
     def search(args: MemorySearchInput, ctx: ToolContext) -> str:
         where = {"task_id": ctx.task_id} if args.this_task_only else None
-        with _memory_span("query", memory) as span:
-            try:
-                hits = memory.search(args.query, k=args.k, where=where)
-            except MemoryUnavailableError as err:
-                # Memory is down after the client's bounded retries: the subtask fails
-                # with that reason instead of the model working on without memory.
-                span.record_exception(err)
-                span.set_status(StatusCode.ERROR, str(err))
-                raise
-            except MemoryClientError as err:
-                span.record_exception(err)
-                span.set_status(StatusCode.ERROR, str(err))
-                raise ToolError(f"memory refused the request: {err}") from err
+        with _memory_call("query", memory) as span:
+            hits = memory.search(args.query, k=args.k, where=where)
             span.set_attribute("db.response.returned_rows", len(hits))
         if not hits:
             return "no notes found"
@@ -107,20 +109,9 @@ def memory_store_tool(memory: MemoryClient, ids: NoteIds, role: str) -> Tool[Mem
             metadata["title"] = args.title
         if args.source_url:
             metadata["source_url"] = args.source_url
-        with _memory_span("upsert", memory) as span:
+        with _memory_call("upsert", memory) as span:
             span.set_attribute("agentmesh.memory.note_id", note_id)
-            try:
-                memory.store(note_id, args.text, metadata)
-            except MemoryUnavailableError as err:
-                # Memory is down after the client's bounded retries: the subtask fails
-                # with that reason instead of the model working on without memory.
-                span.record_exception(err)
-                span.set_status(StatusCode.ERROR, str(err))
-                raise
-            except MemoryClientError as err:
-                span.record_exception(err)
-                span.set_status(StatusCode.ERROR, str(err))
-                raise ToolError(f"memory refused the request: {err}") from err
+            memory.store(note_id, args.text, metadata)
         return f"stored note {note_id}"
 
     return Tool(
