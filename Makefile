@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 TASK ?= Explain what a prime number is and list the primes below 30
 researcher ?= 1
 coder ?= 1
+sandbox ?= 1
+planner ?= 1
 SERVICE ?=
 
 .PHONY: help
@@ -43,8 +45,9 @@ _next:
 	@echo ""
 	@echo "agentmesh is up (model mode: $$(grep -s '^AGENTMESH_MODE=' .env | cut -d= -f2)); API on http://127.0.0.1:$${AGENTMESH_API_PORT:-8080}"
 	@echo "  make submit TASK=\"...\"        or: $(COMPOSE) exec orchestrator orchestrator submit \"...\" --wait"
-	@echo "  make scale researcher=3 coder=2"
+	@echo "  make scale researcher=3 coder=2 planner=2"
 	@echo "  make logs SERVICE=researcher    make ps    make down"
+	@echo "  the API wants the bearer token in secrets/api_token (the CLI reads it; curl -H \"Authorization: Bearer \$$(cat secrets/api_token)\" ...)"
 
 .PHONY: down
 down: ## stop and remove the mesh's containers (data volumes are kept)
@@ -83,8 +86,8 @@ submit: ## submit TASK="..." through the CLI in the orchestrator container and w
 	$(COMPOSE) exec -T orchestrator orchestrator submit "$(TASK)" --wait
 
 .PHONY: scale
-scale: ## scale workers: make scale researcher=N coder=M
-	@$(COMPOSE) up -d --no-recreate --scale researcher=$(researcher) --scale coder=$(coder)
+scale: ## scale workers, sandboxes and planners: make scale researcher=N coder=M sandbox=K planner=P
+	@$(COMPOSE) up -d --no-recreate --scale researcher=$(researcher) --scale coder=$(coder) --scale sandbox=$(sandbox) --scale planner=$(planner)
 	@scripts/wait-healthy.sh $(COMPOSE)
 	@$(COMPOSE) exec -T orchestrator orchestrator workers
 
@@ -104,7 +107,7 @@ lint: bootstrap ## ruff (lint + format check) and mypy --strict
 	$(UV) run --frozen mypy
 
 .PHONY: test
-test: bootstrap ## every tier this machine can run: unit, integration (local processes), e2e (Docker)
+test: bootstrap ## every tier this machine can run: unit, integration (local processes), e2e (Docker, a short fuzz run included)
 	$(UV) run --frozen pytest tests/unit tests/integration $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-e2e
 
@@ -119,7 +122,15 @@ test-integration: bootstrap ## the integration tier: real redis-server, Celery w
 .PHONY: test-e2e
 test-e2e: bootstrap images ## the e2e tier against the real compose mesh (always torn down)
 	@status=0; AGENTMESH_COMPOSE="$(COMPOSE)" $(UV) run --frozen pytest tests/e2e $(PYTEST_ARGS) || status=$$?; \
-	  $(COMPOSE) -p agentmesh-e2e --profile scripted down --remove-orphans --volumes >/dev/null 2>&1 || true; \
+	  $(COMPOSE) -p $${AGENTMESH_E2E_PROJECT:-agentmesh-e2e} --profile scripted down --remove-orphans --volumes >/dev/null 2>&1 || true; \
+	  exit $$status
+
+.PHONY: fuzz
+fuzz: bootstrap images ## the long fuzz tier: 10,000 junk broker messages + 10,000 random API requests while real tasks run; prints the figures
+	@status=0; AGENTMESH_COMPOSE="$(COMPOSE)" AGENTMESH_FUZZ_MESSAGES=$${AGENTMESH_FUZZ_MESSAGES:-10000} \
+	  AGENTMESH_FUZZ_REQUESTS=$${AGENTMESH_FUZZ_REQUESTS:-10000} AGENTMESH_FUZZ_TASKS=$${AGENTMESH_FUZZ_TASKS:-10} \
+	  $(UV) run --frozen pytest tests/e2e/test_fuzz.py -s $(PYTEST_ARGS) || status=$$?; \
+	  $(COMPOSE) -p $${AGENTMESH_E2E_PROJECT:-agentmesh-e2e} --profile scripted down --remove-orphans --volumes >/dev/null 2>&1 || true; \
 	  exit $$status
 
 .PHONY: dev
@@ -131,5 +142,5 @@ soak: bootstrap ## hundreds of tasks through replicas while workers are SIGKILLe
 	$(UV) run --frozen python -m tests.soak.run
 
 .PHONY: bench
-bench: bootstrap ## performance as ratios against baselines measured in the same run
-	$(UV) run --frozen python -m tests.bench.run
+bench: bootstrap ## performance as ratios measured in one run; PNGs in build/bench/ (BENCH_ARGS="--figures dispatch,...")
+	$(UV) run --frozen python -m tests.bench.run $(BENCH_ARGS)

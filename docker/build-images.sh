@@ -28,12 +28,15 @@
 #   AGENTMESH_DEBIAN_SECURITY  Debian security mirror (default: the host's)
 #   OFFICIAL_PYTHON_IMAGE, OFFICIAL_REDIS_IMAGE, OFFICIAL_CHROMA_IMAGE,
 #   OFFICIAL_COLLECTOR_IMAGE   the official images (defaults below)
+#   OFFICIAL_EGRESS_BASE_IMAGE the base of the egress proxy (Debian's squid) with a registry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OFFICIAL_PYTHON_IMAGE=${OFFICIAL_PYTHON_IMAGE:-python:3.12-slim}
 OFFICIAL_REDIS_IMAGE=${OFFICIAL_REDIS_IMAGE:-redis:7.4-bookworm}
 OFFICIAL_COLLECTOR_IMAGE=${OFFICIAL_COLLECTOR_IMAGE:-otel/opentelemetry-collector-contrib:0.150.0}
+# The egress proxy is Debian's squid in both modes; this is its base where a registry is.
+OFFICIAL_EGRESS_BASE_IMAGE=${OFFICIAL_EGRESS_BASE_IMAGE:-debian:bookworm-slim}
 BASE_IMAGE=agentmesh/python-base:bookworm
 DEBIAN_SUITE=bookworm
 # The same path inside the base image, so apt there (and on the host, reading the
@@ -46,7 +49,7 @@ declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/research
 declare -A SERVICE_SCRIPTS=(
 	[orchestrator]="orchestrator agentmesh-scripted-llm"
 	[researcher]="researcher-worker"
-	[coder]="coder-worker"
+	[coder]="coder-worker sandbox-server"
 )
 
 BUILD=build
@@ -246,8 +249,8 @@ build_service_images() {
 	done
 }
 
-# Each service image imports its packages and has its console scripts, as uid 10001,
-# with no network and a read-only root.
+# Each service image imports its packages, loads the embedding model and has its
+# console scripts, as uid 10001, with no network and a read-only root.
 smoke_test_service_images() {
 	local service packages
 	for service in "${SERVICES[@]}"; do
@@ -257,6 +260,8 @@ smoke_test_service_images() {
 import importlib, os, shutil, sys
 for package in '$packages'.split():
     importlib.import_module(package)
+from agentmesh_shared.memory import get_embedder
+get_embedder().embed(['the embedding model loads as the service user'])
 missing = [s for s in '${SERVICE_SCRIPTS[$service]}'.split() if not shutil.which(s)]
 if missing or os.getuid() != 10001:
     sys.exit(f'missing console scripts {missing} or uid {os.getuid()} is not 10001')
@@ -377,6 +382,27 @@ pull_official_infra() {
 	log "pulled $OFFICIAL_PYTHON_IMAGE $REDIS_IMAGE $CHROMA_IMAGE $COLLECTOR_IMAGE"
 }
 
+# agentmesh/egress: Debian's squid, from downloaded .debs offline, from apt on the
+# official Debian image otherwise (the same package either way).
+build_egress_image() {
+	local context base version=unknown
+	context=$(stand_in_context egress)
+	if [ "$SOURCE" = offline ]; then
+		fetch_debs "$BUILD/offline/debs/egress" squid openssl
+		cp -al "$BUILD/offline/debs/egress/." "$context/debs/"
+		base=$BASE_IMAGE
+		version=$(deb_version squid "$context/debs")
+	else
+		docker pull --quiet "$OFFICIAL_EGRESS_BASE_IMAGE" >/dev/null || die "docker pull $OFFICIAL_EGRESS_BASE_IMAGE failed"
+		base=$OFFICIAL_EGRESS_BASE_IMAGE
+	fi
+	docker_build egress "agentmesh/egress:$IMAGE_TAG" --build-arg "BASE_IMAGE=$base" \
+		--build-arg "SQUID_VERSION=$version" "$context"
+	docker run --rm --network none --entrypoint squid "agentmesh/egress:$IMAGE_TAG" -v >/dev/null ||
+		die "agentmesh/egress:$IMAGE_TAG failed its smoke test"
+	EGRESS_IMAGE=agentmesh/egress:$IMAGE_TAG
+}
+
 write_images_env() {
 	local env_file=$BUILD/images.env
 	cat >"$env_file.tmp" <<EOF
@@ -390,6 +416,7 @@ REDIS_IMAGE=$REDIS_IMAGE
 CHROMA_IMAGE=$CHROMA_IMAGE
 COLLECTOR_IMAGE=$COLLECTOR_IMAGE
 COLLECTOR_FLAVOR=$COLLECTOR_FLAVOR
+EGRESS_IMAGE=$EGRESS_IMAGE
 EOF
 	mv "$env_file.tmp" "$env_file"
 	log "wrote $env_file"
@@ -416,6 +443,7 @@ main() {
 	if [ "$SOURCE" = offline ]; then
 		build_offline_infra
 	fi
+	build_egress_image
 	write_images_env
 	log "done in $(($(date +%s) - started)) s"
 }

@@ -4,15 +4,25 @@ Machines here are noisy, so every figure that matters is a ratio of two things
 measured back to back on the same machine:
 
 - dispatch: one subtask round trip through agentmesh's path (our Celery app
-  factory, our result keys, the planner's wait) against raw Celery's
-  ``delay().get()`` with a Redis result backend; both run a no-op on a threads-pool
-  worker;
-- concurrency: one worker process holding many agent loops whose every model call
-  takes ``--delay-ms``; the ratio is the loops it held at once over the loops sent,
-  and its resident memory is reported at that load;
-- end to end: one task from API submission to ``succeeded`` with the scripted model
-  at 0 ms delay, with tracing exported to a real collector and without; the ratio
-  is the cost of tracing.
+  factory, the hand-off's result publication and wake-up, a planner's claim of the
+  woken task) against raw Celery's ``delay().get()`` with a Redis result backend;
+  both run a no-op on a threads-pool worker;
+- loops: one worker process holding many agent loops whose every model call takes
+  ``--delay-ms``; the ratio is the loops it held at once over its concurrency, and
+  its resident memory per loop is reported at that load (tests/bench/loops.py);
+- run_python: a program run through a sandbox replica (unix socket, per-run
+  supervisor, Landlock) against the old launch inside the coder (a limited child
+  of the worker); the ratio is the cost of the sandbox hop;
+- tracing, effective concurrency, planning scaling: see tests/bench/planning.py;
+- images and start-up, where Docker and built images are present: each service
+  image's size (tests/bench/images.py) and `make up` to healthy
+  (tests/bench/startup.py);
+- model gateway: one Messages-API call with the real SDK to the scripted model
+  (0 ms delay) through the model gateway against the same call made directly, one of
+  each in turn; the ratio is the gateway's cost on a call's round trip.
+
+``--figures`` picks which to run (default all); each figure also becomes a PNG in
+build/bench/, and the whole result is written to build/bench/results.json.
 """
 
 from __future__ import annotations
@@ -27,94 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.support.mesh import BIN, LocalMesh, Proc, local_mesh, wait_until
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from tests.bench import planning, plots
+from tests.bench.images import ROOT, bench_images
+from tests.bench.loops import bench_loops
+from tests.bench.startup import bench_startup
+from tests.support.mesh import BIN, GATEWAY_TOKENS, LocalMesh, Proc, local_mesh, wait_until
 
 
 def _p50(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def bench_end_to_end(mesh: LocalMesh, n: int) -> dict[str, Any]:
-    times = []
-    for i in range(n):
-        start = time.perf_counter()
-        task = httpx.post(f"{mesh.api_url}/tasks", json={"text": f"bench task {i}"}).json()
-        while task["status"] not in {"succeeded", "failed"}:
-            time.sleep(0.01)
-            task = httpx.get(f"{mesh.api_url}/tasks/{task['id']}").json()
-        assert task["status"] == "succeeded", task
-        times.append(time.perf_counter() - start)
-    return {
-        "tasks": n,
-        "p50_s": round(_p50(times), 3),
-        "min_s": round(min(times), 3),
-        "max_s": round(max(times), 3),
-    }
-
-
-def bench_concurrency(root: Path, loops: int, delay_ms: int) -> dict[str, Any]:
-    """One researcher process, ``loops`` subtasks at once, each model call ``delay_ms``."""
-    with local_mesh(root, researchers=0, coders=0, llm_delay_ms=delay_ms) as mesh:
-        worker = mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=str(loops))
-        idle_rss = _rss_mb(worker.pid)
-        r = mesh.redis()
-        from agentmesh_shared.celery_app import create_celery_app
-        from agentmesh_shared.models import TASK_NAME_BY_ROLE, Role, SubtaskMessage
-        from agentmesh_shared.settings import load_settings
-
-        app = create_celery_app(load_settings(redis_url=mesh.redis_url))
-        start = time.perf_counter()
-        ids = []
-        for i in range(loops):
-            msg = SubtaskMessage(
-                task_id="bench",
-                subtask_id=f"bench-{i}",
-                role=Role.RESEARCHER,
-                instruction=f"concurrency probe {i}",
-                max_steps=5,
-                deadline=time.time() + 600,
-            )
-            app.send_task(
-                TASK_NAME_BY_ROLE[Role.RESEARCHER],
-                args=[msg.model_dump(mode="json")],
-                queue="research",
-            )
-            ids.append(msg.subtask_id)
-        peak_in_flight = 0
-        peak_rss = idle_rss
-        while True:
-            done = sum(1 for i in ids if r.exists(f"agentmesh:subtask:{i}:result"))
-            info = r.hget("agentmesh:workers", "researcher-1")
-            if info:
-                peak_in_flight = max(peak_in_flight, json.loads(info)["in_flight"])
-            peak_rss = max(peak_rss, _rss_mb(worker.pid))
-            if done == loops:
-                break
-            if time.perf_counter() - start > 600:
-                raise RuntimeError(f"only {done}/{loops} subtasks finished")
-            time.sleep(0.2)
-        elapsed = time.perf_counter() - start
-        # Each researcher loop makes 3 model calls, so a loop takes >= 3 * delay.
-        serial = loops * 3 * delay_ms / 1000
-        return {
-            "loops_sent": loops,
-            "delay_ms": delay_ms,
-            "peak_in_flight": peak_in_flight,
-            "held_ratio": round(peak_in_flight / loops, 3),
-            "elapsed_s": round(elapsed, 2),
-            "speedup_vs_serial": round(serial / elapsed, 1),
-            "rss_idle_mb": round(idle_rss, 1),
-            "rss_peak_mb": round(peak_rss, 1),
-        }
 
 
 _RAW_APP = """
@@ -130,6 +61,8 @@ def noop(x):
 def bench_dispatch(root: Path, n: int) -> dict[str, Any]:
     """Raw Celery no-op round trip vs the same no-op through agentmesh's dispatch path."""
     with local_mesh(root, researchers=0, coders=0) as mesh:
+        # The round trip plays the planner replica itself: no other may claim its tasks.
+        mesh.procs.pop("orchestrator").stop()
         (root / "rawbench.py").write_text(_RAW_APP.format(broker=mesh.redis_url))
         raw_worker = Proc(
             "raw-worker",
@@ -155,7 +88,9 @@ def bench_dispatch(root: Path, n: int) -> dict[str, Any]:
             "ours-worker",
             [sys.executable, "-m", "tests.bench.noop_worker"],
             mesh.env(
-                AGENTMESH_HEARTBEAT_FILE=str(root / "noop.hb"), AGENTMESH_WORKER_CONCURRENCY="4"
+                "coder",
+                AGENTMESH_HEARTBEAT_FILE=str(root / "noop.hb"),
+                AGENTMESH_WORKER_CONCURRENCY="4",
             ),
             root / "ours-worker.log",
         ).start()
@@ -184,33 +119,186 @@ def bench_dispatch(root: Path, n: int) -> dict[str, Any]:
         }
 
 
+_IN_PROCESS_LAUNCHER = """
+import json, os, resource, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import supervisor
+cfg = json.loads(sys.argv[2])
+for name, value in cfg["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+supervisor.socket_filter()
+os.execv(sys.executable, [sys.executable, "-I", "-B", *cfg["argv"]])
+"""
+
+
+def bench_sandbox(root: Path, n: int) -> dict[str, Any]:
+    """``run_python`` through a sandbox replica (unix socket, supervisor, Landlock)
+    against the old launch inside the coder: a limited ``python`` child of the
+    worker (rlimits and the socket filter set by a launcher before ``exec``)."""
+    import subprocess
+
+    from agentmesh_coder import supervisor
+    from agentmesh_coder.sandbox import Sandbox
+    from agentmesh_shared.settings import load_settings
+
+    program = "print(sum(range(1000)))\n"
+    mesh = LocalMesh(root=root)
+    try:
+        mesh.start_sandbox()
+        sandbox = Sandbox(load_settings(sandbox_socket_dir=root / "sandbox-sockets"))
+        workdir = root / "in-process"
+        workdir.mkdir()
+        (workdir / "main.py").write_text(program)
+        cfg = json.dumps(
+            {
+                "rlimits": {"RLIMIT_CPU": 10, "RLIMIT_AS": 256 << 20, "RLIMIT_NOFILE": 256},
+                "argv": ["main.py"],
+            }
+        )
+        launch = [sys.executable, "-I", "-S", "-c", _IN_PROCESS_LAUNCHER, supervisor.__file__, cfg]
+
+        def in_process() -> str:
+            return subprocess.run(
+                launch, cwd=workdir, capture_output=True, text=True, check=True
+            ).stdout
+
+        def through_sandbox() -> str:
+            return sandbox.run_python("main.py", files={"main.py": program}).stdout
+
+        assert in_process() == through_sandbox() == "499500\n"
+        old, new = [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            in_process()
+            old.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            through_sandbox()
+            new.append(time.perf_counter() - t)
+        return {
+            "runs": n,
+            "in_process_p50_ms": round(_p50(old) * 1000, 1),
+            "sandbox_p50_ms": round(_p50(new) * 1000, 1),
+            "ratio": round(_p50(new) / _p50(old), 2),
+        }
+    finally:
+        mesh.stop()
+
+
+def bench_gateway(root: Path, n: int) -> dict[str, Any]:
+    """The same model call direct to the scripted model and through the gateway."""
+    import anthropic
+
+    mesh = LocalMesh(root=root)
+    try:
+        mesh.start_redis()
+        mesh.start_llm()
+        gateway = mesh.start_gateway()
+        direct = anthropic.Anthropic(
+            api_key="scripted-test-key", base_url=f"http://127.0.0.1:{mesh.llm_port}"
+        )
+        via = anthropic.Anthropic(api_key=GATEWAY_TOKENS["coder"], base_url=gateway)
+        messages: Any = [{"role": "user", "content": "bench the gateway"}]
+
+        def call(client: anthropic.Anthropic) -> float:
+            t = time.perf_counter()
+            client.messages.create(model="m", max_tokens=64, messages=messages)
+            return time.perf_counter() - t
+
+        for _ in range(10):  # warm-up: connections on both paths
+            call(direct), call(via)
+        straight, gated = [], []
+        for _ in range(n):
+            straight.append(call(direct))
+            gated.append(call(via))
+        return {
+            "calls": n,
+            "direct_p50_ms": round(_p50(straight) * 1000, 2),
+            "gateway_p50_ms": round(_p50(gated) * 1000, 2),
+            "ratio": round(_p50(gated) / _p50(straight), 2),
+        }
+    finally:
+        mesh.stop()
+
+
+FIGURES = (
+    "dispatch",
+    "tracing",
+    "loops",
+    "sandbox",
+    "gateway",
+    "effective",
+    "scaling",
+    "images",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", type=int, default=10)
-    parser.add_argument("--loops", type=int, default=100)
+    parser.add_argument("--figures", default=",".join(FIGURES), help="comma-separated subset")
+    parser.add_argument("--loops", type=int, default=500)
     parser.add_argument("--delay-ms", type=int, default=1000)
     parser.add_argument("--round-trips", type=int, default=200)
+    parser.add_argument("--sandbox-runs", type=int, default=50)
+    parser.add_argument("--tracing-pairs", type=int, default=150)
+    parser.add_argument("--batch-sizes", default="10,100,1000")
+    parser.add_argument("--scaling-tasks", type=int, default=240)
+    parser.add_argument("--scaling-threads", type=int, default=8)
+    parser.add_argument("--model-calls", type=int, default=200)
     args = parser.parse_args()
+    wanted = set(args.figures.split(","))
+    unknown = wanted - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures {sorted(unknown)}; choose from {', '.join(FIGURES)}")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         root = Path(tmp)
-        for tracing in (False, True):
-            where = root / f"e2e-tracing-{tracing}"
-            where.mkdir()
-            with local_mesh(where, tracing=tracing) as mesh:
-                bench_end_to_end(mesh, 2)  # warm-up: model weights, connections
-                results[f"end_to_end_tracing_{'on' if tracing else 'off'}"] = bench_end_to_end(
-                    mesh, args.tasks
-                )
-        results["tracing_overhead_ratio"] = round(
-            results["end_to_end_tracing_on"]["p50_s"] / results["end_to_end_tracing_off"]["p50_s"],
-            3,
-        )
-        (root / "dispatch").mkdir()
-        results["dispatch"] = bench_dispatch(root / "dispatch", args.round_trips)
-        (root / "conc").mkdir()
-        results["concurrency"] = bench_concurrency(root / "conc", args.loops, args.delay_ms)
-    print(json.dumps(results, indent=2))
+        if "dispatch" in wanted:
+            (root / "dispatch").mkdir()
+            results["dispatch"] = bench_dispatch(root / "dispatch", args.round_trips)
+            plots.dispatch(results["dispatch"])
+        if "tracing" in wanted:
+            (root / "tracing").mkdir()
+            results["tracing"] = planning.bench_tracing_interleaved(
+                root / "tracing", args.tracing_pairs
+            )
+            plots.tracing(results["tracing"])
+        if "loops" in wanted:
+            (root / "loops").mkdir()
+            results["loops"] = bench_loops(root / "loops", args.loops, args.delay_ms)
+        if "sandbox" in wanted:
+            (root / "sandbox").mkdir()
+            results["run_python"] = bench_sandbox(root / "sandbox", args.sandbox_runs)
+        if "gateway" in wanted:
+            (root / "gateway").mkdir()
+            results["model_gateway"] = bench_gateway(root / "gateway", args.model_calls)
+        if "effective" in wanted:
+            (root / "effective").mkdir()
+            ns = [int(n) for n in args.batch_sizes.split(",")]
+            results["effective_concurrency"] = planning.bench_effective_concurrency(
+                root / "effective", ns, args.delay_ms
+            )
+            plots.effective_concurrency(results["effective_concurrency"])
+        if "scaling" in wanted:
+            (root / "scaling").mkdir()
+            results["planning_scaling"] = planning.bench_planning_scaling(
+                root / "scaling", [1, 2, 3], args.scaling_tasks, args.delay_ms, args.scaling_threads
+            )
+            plots.planning_scaling(results["planning_scaling"])
+    if "images" in wanted:
+        if (ROOT / "build" / "images.env").exists():
+            results["images"] = bench_images()
+            results["startup"] = bench_startup()
+        else:
+            results["images"] = results["startup"] = (
+                "skipped: no build/images.env (run make images)"
+            )
+    plots.OUT.mkdir(parents=True, exist_ok=True)
+    (plots.OUT / "results.json").write_text(json.dumps(results, indent=2))
+    shown = {
+        k: ({kk: vv for kk, vv in v.items() if kk != "samples"} if isinstance(v, dict) else v)
+        for k, v in results.items()
+    }
+    print(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":

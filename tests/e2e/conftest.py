@@ -21,7 +21,11 @@ import pytest
 from tests.support.chroma_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = "agentmesh-e2e"
+# AGENTMESH_E2E_PROJECT lets several checkouts run the tier side by side.
+PROJECT = os.environ.get("AGENTMESH_E2E_PROJECT", "agentmesh-e2e")
+# The outside world: a test HTTP server only the egress proxy can reach.
+OUTSIDE_WORLD = ROOT / "tests" / "e2e" / "compose.outside.yaml"
+FETCH_ALLOWLIST = "allowed.example.test"
 
 
 def _compose_base() -> list[str]:
@@ -47,6 +51,7 @@ class ComposeMesh:
     def base(self) -> list[str]:
         return [
             *_compose_base(),
+            *("-f", str(ROOT / "compose.yaml"), "-f", str(OUTSIDE_WORLD)),
             "--env-file",
             str(self.env_file),
             "-p",
@@ -111,6 +116,14 @@ def _write_env(path: Path, api_port: int) -> None:
         "AGENTMESH_MODE=scripted\nCOMPOSE_PROFILES=scripted\nANTHROPIC_BASE_URL=http://llm:8090\n"
         "AGENTMESH_SCRIPTED_API_KEY=scripted-model-no-key-needed\n"
         f"AGENTMESH_API_PORT={api_port}\nSCRIPTED_LLM_DELAY_MS=150\nAGENTMESH_WORKER_CONCURRENCY=16\n"
+        # A short wall clock, so the sandbox tests see a run killed at it quickly.
+        "AGENTMESH_SANDBOX_WALL_S=8\n"
+        # One API credential drives every test client here (the fuzz tier too); the
+        # flood limits have tests of their own in the integration tier.
+        "AGENTMESH_API_RATE_PER_S=500\nAGENTMESH_API_BURST=1000\nAGENTMESH_API_CONCURRENCY=256\n"
+        f"AGENTMESH_FETCH_ALLOWLIST={FETCH_ALLOWLIST}\n"
+        # The egress proxy publishes Flower's port too: a free one, like the API's.
+        f"AGENTMESH_FLOWER_PORT={free_port()}\n"
     )
 
 

@@ -22,7 +22,10 @@ What is checked (see docs/security.md):
   keyctl, bpf, perf_event_open, userfaultfd, io_uring_setup;
 * clone3 answers ENOSYS (so glibc falls back to clone, which the profile filters);
 * what an agent needs still works: a thread starts and joins, and a Python child
-  process runs, with and without setrlimit in the child / prlimit from the parent.
+  process runs, with and without setrlimit in the child / prlimit from the parent;
+* with the argument ``sandbox`` (``python3 - sandbox``), the sandbox service's
+  extra promises: no socket family but AF_UNIX, no x32 ABI, no network interface
+  but ``lo``, no secrets, a uid other than the agents'.
 
 Syscalls that could change the probe's own process when they are *not* blocked
 (unshare, ptrace) are issued in a forked child, so running the probe in an
@@ -367,6 +370,90 @@ def _():
     if limited.stderr.strip():
         details.append(f"stderr={limited.stderr.strip()[-200:]!r}")
     return ok, "; ".join(details)
+
+
+# ---------------------------------------------------------------- the sandbox service
+# `python3 - sandbox`: the sandbox's profile is tighter (seccomp-sandbox.json) and it
+# has no network, no secrets and a uid of its own.
+
+if "sandbox" in sys.argv[1:]:
+    import socket
+
+    X32_SYSCALL_BIT = 0x40000000
+
+    def _socket_denied(family: int, name: str):
+        try:
+            socket.socket(
+                family, socket.SOCK_DGRAM if family == socket.AF_NETLINK else socket.SOCK_STREAM
+            ).close()
+        except PermissionError as exc:
+            return True, f"socket({name}) -> {_errname(exc.errno)}"
+        except OSError as exc:
+            return False, f"socket({name}) -> {_errname(exc.errno)} (want EPERM from seccomp)"
+        return False, f"socket({name}) succeeded"
+
+    @check("sandbox_socket_inet_denied")
+    def _():
+        return _socket_denied(socket.AF_INET, "AF_INET")
+
+    @check("sandbox_socket_inet6_denied")
+    def _():
+        return _socket_denied(socket.AF_INET6, "AF_INET6")
+
+    @check("sandbox_socket_netlink_denied")
+    def _():
+        return _socket_denied(socket.AF_NETLINK, "AF_NETLINK")
+
+    @check("sandbox_socket_unix_works")
+    def _():
+        a, b = socket.socketpair()
+        a.sendall(b"x")
+        ok = b.recv(1) == b"x"
+        a.close()
+        b.close()
+        return ok, "socketpair(AF_UNIX) works"
+
+    @check("sandbox_x32_denied")
+    def _():
+        if ARCH not in ("x86_64", "amd64"):
+            return True, f"no x32 ABI on {ARCH}"
+        # getpid through the x32 ABI, in a child: a filter without the x32 ABI may kill
+        # the caller (seccomp's bad-architecture action) rather than answer an errno.
+        pid = os.fork()
+        if pid == 0:
+            res, err = raw_syscall_nr(X32_SYSCALL_BIT | 39)
+            os._exit(err if res == -1 else 255)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            return True, f"x32 getpid: the caller was killed by signal {os.WTERMSIG(status)}"
+        code = os.WEXITSTATUS(status)
+        if code == 255:
+            return False, "x32 getpid succeeded"
+        # ENOSYS is the kernel's answer (no x32 support built in), not the filter's.
+        return (
+            code == errno.EPERM,
+            f"x32 getpid -> -1 {_errname(code)} (want the filter: EPERM or a kill)",
+        )
+
+    @check("sandbox_no_network_interfaces")
+    def _():
+        names = sorted(os.listdir("/sys/class/net"))
+        return names == ["lo"], f"interfaces: {names}"
+
+    @check("sandbox_no_secrets")
+    def _():
+        present = sorted(os.listdir("/run/secrets")) if os.path.isdir("/run/secrets") else []
+        return not present, f"/run/secrets: {present or 'absent'}"
+
+    @check("sandbox_own_uid")
+    def _():
+        return os.getuid() not in (0, 10001), f"uid={os.getuid()} (agents run as 10001)"
+
+
+def raw_syscall_nr(number: int, *args: int) -> tuple[int, int]:
+    ctypes.set_errno(0)
+    res = _libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
+    return res, ctypes.get_errno() if res == -1 else 0
 
 
 def main() -> int:

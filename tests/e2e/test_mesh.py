@@ -11,7 +11,16 @@ import pytest
 from tests.e2e.conftest import ComposeMesh
 
 PROBE = (Path(__file__).parent / "hardening_probe.py").read_text()
-AGENT_SERVICES = ("orchestrator", "researcher", "coder", "llm")
+AGENT_SERVICES = (
+    "orchestrator",
+    "planner",
+    "researcher",
+    "coder",
+    "llm",
+    "gateway",
+    "memory-gate",
+    "sandbox",
+)
 
 
 def test_a_task_runs_end_to_end_in_containers(compose_mesh: ComposeMesh) -> None:
@@ -40,8 +49,9 @@ def test_hardening_is_real_inside_every_agent_container(
     containers = compose_mesh.containers(service)
     assert containers, f"no {service} container"
     for container in containers:
+        extra = ["sandbox"] if service == "sandbox" else []
         probe = compose_mesh.compose(
-            "exec", "-T", service, "python3", "-", input_text=PROBE, check=False
+            "exec", "-T", service, "python3", "-", *extra, input_text=PROBE, check=False
         )
         report = json.loads(probe.stdout)
         failed = {k: v for k, v in report["checks"].items() if not v["ok"]}
@@ -62,14 +72,25 @@ def test_hardening_is_real_inside_every_agent_container(
         assert user and not str(user).startswith(("0", "root"))
 
 
-def test_only_the_api_is_published_and_only_on_loopback(compose_mesh: ComposeMesh) -> None:
-    for service in ("broker", "memory", "otel-collector", "researcher", "coder", "llm"):
+def test_only_the_egress_proxy_publishes_and_only_on_loopback(compose_mesh: ComposeMesh) -> None:
+    services = (
+        "orchestrator",
+        "planner",
+        "broker",
+        "memory",
+        "otel-collector",
+        "researcher",
+        "coder",
+        "memory-gate",
+    )
+    for service in (*services, "llm", "gateway", "sandbox"):
         for container in compose_mesh.containers(service):
             ports = compose_mesh.inspect(container)["NetworkSettings"]["Ports"]  # type: ignore[index]
             assert not any(bindings for bindings in (ports or {}).values()), (service, ports)
-    (container,) = compose_mesh.containers("orchestrator")
-    bindings = compose_mesh.inspect(container)["NetworkSettings"]["Ports"]["8080/tcp"]  # type: ignore[index]
-    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    (container,) = compose_mesh.containers("egress")
+    ports = compose_mesh.inspect(container)["NetworkSettings"]["Ports"]  # type: ignore[index]
+    for port in ("8080/tcp", "5555/tcp"):
+        assert [b["HostIp"] for b in ports[port]] == ["127.0.0.1"], ports
 
 
 def test_scaled_workers_are_listed_and_share_the_load(compose_mesh: ComposeMesh) -> None:

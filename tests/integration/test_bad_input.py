@@ -5,32 +5,33 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
-import httpx
+from agentmesh_shared import deadletter, keys
 from agentmesh_shared.models import TASK_NAME_BY_ROLE, Role
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer
 
+from tests.support import junk
 from tests.support.mesh import LocalMesh, wait_until
 
 
 def test_api_rejects_bad_tasks_with_clear_errors(mesh: LocalMesh) -> None:
-    api = mesh.api_url
-    empty = httpx.post(f"{api}/tasks", json={"text": "   "})
+    api = mesh.api
+    empty = api.post("/tasks", json={"text": "   "})
     assert empty.status_code == 422 and "text" in empty.json()["detail"]
-    huge = httpx.post(f"{api}/tasks", json={"text": "x" * 9000})
+    huge = api.post("/tasks", json={"text": "x" * 9000})
     assert huge.status_code == 422 and "AGENTMESH_MAX_TASK_CHARS" in huge.json()["detail"]
-    unknown_field = httpx.post(f"{api}/tasks", json={"text": "hi", "priority": 3})
+    unknown_field = api.post("/tasks", json={"text": "hi", "priority": 3})
     assert unknown_field.status_code == 422 and "priority" in unknown_field.json()["detail"]
-    wrong_type = httpx.post(f"{api}/tasks", json={"text": "hi", "max_steps": "many"})
+    wrong_type = api.post("/tasks", json={"text": "hi", "max_steps": "many"})
     assert wrong_type.status_code == 422 and "max_steps" in wrong_type.json()["detail"]
-    not_json = httpx.post(
-        f"{api}/tasks", content=b"{", headers={"content-type": "application/json"}
-    )
+    not_json = api.post("/tasks", content=b"{", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
-    missing = httpx.get(f"{api}/tasks/does-not-exist")
+    missing = api.get("/tasks/does-not-exist")
     assert missing.status_code == 404 and "unknown task id" in missing.json()["detail"]
-    assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
+    beyond = api.get("/tasks/any/events", params={"after": "9" * 30})
+    assert beyond.status_code == 422 and "stream id" in beyond.json()["detail"]
+    assert api.get("/healthz").json() == {"status": "ok"}
 
 
 def test_cli_errors_are_clear(mesh: LocalMesh) -> None:
@@ -49,7 +50,7 @@ def test_malformed_broker_messages_are_dead_lettered_and_workers_keep_serving(
     mesh: LocalMesh,
 ) -> None:
     r = mesh.redis()
-    r.delete("agentmesh:deadletter")
+    r.delete(keys.DEAD_LETTER, keys.DEAD_LETTER_TOTAL)
     with Connection(mesh.redis_url) as conn:
         producer = Producer(conn)
         # 1. a valid Celery envelope whose payload is not a subtask
@@ -78,23 +79,39 @@ def test_malformed_broker_messages_are_dead_lettered_and_workers_keep_serving(
             headers={"lang": "py", "task": TASK_NAME_BY_ROLE[Role.RESEARCHER], "id": "bad-3"},
         )
 
-    wait_until(lambda: r.llen("agentmesh:deadletter") >= 3, "three dead-letter entries", timeout=30)
+    # 4. every junk shape, raw on both queues, as a hostile producer would push it
+    sent = junk.messages(len(junk.SHAPES) * 2, ["research", "code"])
+    for _shape, queue, raw in sent:
+        r.lpush(queue, raw)
+    expected = 3 + len(sent)
+
+    wait_until(
+        lambda: deadletter.total(r) >= expected, f"{expected} dead-letter entries", timeout=60
+    )
+    assert deadletter.total(r) == expected
     reasons = [json.loads(e)["reason"] for e in r.lrange("agentmesh:deadletter", 0, -1)]
     assert any("invalid subtask payload" in x for x in reasons), reasons
     assert any("unknown task" in x for x in reasons), reasons
     assert any("undecodable" in x for x in reasons), reasons
-    listed = httpx.get(f"{mesh.api_url}/deadletter").json()
-    assert len(listed) >= 3
+    assert any("not a message envelope" in x for x in reasons), reasons
+    listed = mesh.api.get("/deadletter").json()
+    assert len(listed) == expected
 
     for name, proc in mesh.procs.items():
         assert proc.alive(), f"{name} died"
+        # a consumer that died restarts in place (same pid): its log would say so
+        assert "Unrecoverable error" not in proc.log_tail(100_000), f"{name}'s consumer died"
     done = mesh.cli("submit", "still serving?", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "succeeded"
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -119,7 +136,7 @@ bodies = st.one_of(
 )
 @given(body=bodies)
 def test_any_json_body_gets_an_answer_never_a_server_error(mesh: LocalMesh, body: object) -> None:
-    reply = httpx.post(f"{mesh.api_url}/tasks", json=body, timeout=30)
+    reply = mesh.api.post("/tasks", json=body, timeout=30)
     assert reply.status_code in {202, 422}, (body, reply.status_code, reply.text)
     detail = reply.json()
     if reply.status_code == 422:
@@ -133,6 +150,6 @@ def test_any_json_body_gets_an_answer_never_a_server_error(mesh: LocalMesh, body
 )
 @given(task_id=st.text(max_size=200))
 def test_any_task_id_is_found_or_cleanly_unknown(mesh: LocalMesh, task_id: str) -> None:
-    reply = httpx.get(f"{mesh.api_url}/tasks/{quote(task_id, safe='')}", timeout=30)
+    reply = mesh.api.get(f"/tasks/{quote(task_id, safe='')}", timeout=30)
     expected = {307} if task_id == "" else {200, 404, 405}  # "/tasks/" redirects to "/tasks"
     assert reply.status_code in expected, (task_id, reply.status_code, reply.text)

@@ -42,7 +42,7 @@ def test_submit_wait_json_runs_both_roles_for_real(mesh: LocalMesh) -> None:
 
     # The researcher's note is in Chroma, tagged with the task and subtask ids.
     researcher = next(s for s in task["subtasks"] if s["role"] == "researcher")
-    note = MemoryClient(mesh.chroma_url).get(f"{researcher['id']}-note-1")
+    note = MemoryClient(mesh.chroma_url, token=mesh.chroma_token).get(f"{researcher['id']}-note-1")
     assert note is not None
     assert note.metadata["task_id"] == task["id"]
     assert note.metadata["subtask_id"] == researcher["id"]

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
-from tests.support.mesh import LocalMesh
+from tests.support.mesh import LocalMesh, NotReadyError, wait_until
+
+
+def _trace_with_every_chat(mesh: LocalMesh, task: dict[str, Any]) -> dict[str, Any]:
+    """The task's trace once every model call's span has arrived.
+
+    Each process exports its spans in batches, so a trace that already forms one tree
+    can still lack the last chat span of a busy replica for a few seconds: wait until
+    the chat spans account for every input token the task recorded.
+    """
+    seen: dict[str, Any] = {}
+
+    def complete() -> bool:
+        out = mesh.cli("trace", task["id"], "--json", "--wait", "30")
+        assert out.returncode == 0, out.stderr
+        seen["trace"] = json.loads(out.stdout)
+        chats = [s for s in seen["trace"]["spans"] if s["name"].startswith("chat ")]
+        tokens = sum(c["attributes"].get("gen_ai.usage.input_tokens", 0) for c in chats)
+        return bool(tokens == task["usage"]["input_tokens"])
+
+    # On a timeout the assertions below say what is missing.
+    with contextlib.suppress(NotReadyError):
+        wait_until(complete, "every chat span in the trace", timeout=60)
+    trace: dict[str, Any] = seen["trace"]
+    return trace
 
 
 def _by_id(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -24,9 +49,7 @@ def test_one_trace_spans_cli_api_planner_broker_workers_llm_and_memory(mesh: Loc
     done = mesh.cli("submit", "Trace this task end to end", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     task = json.loads(done.stdout)
-    out = mesh.cli("trace", task["id"], "--json", "--wait", "30")
-    assert out.returncode == 0, out.stderr
-    trace = json.loads(out.stdout)
+    trace = _trace_with_every_chat(mesh, task)
     assert trace["trace_id"] == task["trace_id"]
     spans: list[dict[str, Any]] = trace["spans"]
     index = _by_id(spans)

@@ -3,6 +3,9 @@
 Every task must end exactly once (one terminal event, a terminal record), none may
 be stuck, and the memory of a worker that is never killed must stay flat. Workers
 are SIGKILLed at random mid-run and replaced, as a crashing container would be.
+Planning runs on ``--planners`` replicas (the API process plans nothing); one of them
+is SIGKILLed a third of the way through the submissions and not replaced, so the
+other takes over its tasks.
 Prints a JSON summary and exits 1 if any task was lost or ended twice.
 """
 
@@ -18,8 +21,6 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from tests.support.mesh import LocalMesh, local_mesh
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=int, default=150)
     parser.add_argument("--rate", type=float, default=4.0, help="tasks submitted per second")
     parser.add_argument("--timeout-s", type=float, default=1800)
+    parser.add_argument("--planners", type=int, default=2)
     args = parser.parse_args()
 
     with (
@@ -71,9 +73,12 @@ def main() -> None:
             tracing=False,
         ) as mesh,
     ):
+        mesh.procs.pop("orchestrator").stop()
+        mesh.start_orchestrator(AGENTMESH_PLANNER_CONCURRENCY="0")  # the API alone
+        planners = [mesh.start_planner(f"planner-{k + 1}") for k in range(args.planners)]
         immune = {"researcher-1"}  # never killed: its memory is the one that must stay flat
         for _ in range(3):  # warm up: model weights, connections
-            httpx.post(f"{mesh.api_url}/tasks", json={"text": "warm-up"})
+            mesh.api.post("/tasks", json={"text": "warm-up"})
         time.sleep(10)
         rss_start = rss_mb(mesh.procs["researcher-1"].pid)
         stop = threading.Event()
@@ -85,14 +90,16 @@ def main() -> None:
         chaos.start()
         ids = []
         for i in range(args.tasks):
-            reply = httpx.post(f"{mesh.api_url}/tasks", json={"text": f"soak task {i}"}, timeout=30)
+            reply = mesh.api.post("/tasks", json={"text": f"soak task {i}"}, timeout=30)
             reply.raise_for_status()
             ids.append(reply.json()["id"])
+            if i == args.tasks // 3 and len(planners) > 1:
+                planners[0].signal(signal.SIGKILL)  # one planning replica dies for good
             time.sleep(1 / args.rate)
         deadline = time.monotonic() + args.timeout_s
         records: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline:
-            records = {i: httpx.get(f"{mesh.api_url}/tasks/{i}", timeout=30).json() for i in ids}
+            records = {i: mesh.api.get(f"/tasks/{i}", timeout=30).json() for i in ids}
             if all(r["status"] in {"succeeded", "failed", "cancelled"} for r in records.values()):
                 break
             time.sleep(5)
@@ -104,12 +111,14 @@ def main() -> None:
         r = mesh.redis()
         terminal_events: Counter[str] = Counter()
         resent = 0
+        taken_over = 0
         for task_id in ids:
             for _eid, fields in r.xrange(f"agentmesh:task:{task_id}:events"):
                 kind = json.loads(fields["event"])["kind"]
                 if kind in {"task.succeeded", "task.failed", "task.cancelled"}:
                     terminal_events[task_id] += 1
                 resent += kind == "subtask.resent"
+                taken_over += kind == "task.resumed"
         absorbed = sum(
             p.log_path.read_text().count("absorbed")
             for n, p in mesh.procs.items()
@@ -127,6 +136,9 @@ def main() -> None:
             "tasks": len(ids),
             "statuses": dict(statuses),
             "worker_kills": len(kills),
+            "planner_replicas": args.planners,
+            "planner_kills": 1 if args.planners > 1 else 0,
+            "tasks_taken_over_from_the_killed_planner": taken_over,
             "tasks_lost_or_stuck": len(stuck) + len(never),
             "tasks_ended_twice": len(twice),
             "subtasks_resent_after_a_kill": resent,

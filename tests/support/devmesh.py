@@ -21,6 +21,7 @@ def main() -> None:
         print(
             f"agentmesh is running as local processes (logs in {root}); the model is SCRIPTED.\n"
             f"  export AGENTMESH_API_URL={mesh.api_url}\n"
+            f"  export AGENTMESH_API_TOKEN={mesh.api_token}\n"
             f'  .venv/bin/orchestrator submit "hello" --wait\n'
             "Ctrl-C stops everything.",
             flush=True,

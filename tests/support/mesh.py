@@ -1,10 +1,16 @@
 """The mesh as local processes: real redis-server, Chroma, scripted model, orchestrator
 and worker processes, each on a free loopback port, for the integration tier.
+
+Credentials as in the compose mesh: redis-server loads the ACL file that
+docker/broker/acl.sh writes (one user per role, ``default`` off), each process
+connects as its role's user, and the API wants its bearer token. The harness itself
+uses an extra ``admin`` Redis user (``redis_url``) and the token (``api``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,6 +28,10 @@ from tests.support.chroma_server import free_port, start_chroma
 from tests.support.collector import start_collector
 
 BIN = Path(sys.executable).parent
+# Each caller's credential for a gateway started by LocalMesh.start_gateway.
+GATEWAY_TOKENS = {"orchestrator": "tok-orch", "researcher": "tok-research", "coder": "tok-coder"}
+ACL_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "broker" / "acl.sh"
+REDIS_USERS = ("orchestrator", "researcher", "coder", "flower", "health", "gateway")
 
 
 class NotReadyError(Exception):
@@ -112,17 +122,42 @@ class LocalMesh:
     otlp_endpoint: str = ""
     traces_file: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+    orchestrator_env: dict[str, str] = field(default_factory=dict)
+    api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # More API credentials the orchestrator accepts (one per line of its token secret).
+    extra_api_tokens: list[str] = field(default_factory=list)
+    chroma_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    gate_port: int = field(default_factory=free_port)
+    chroma_direct_url: str = ""
+    redis_passwords: dict[str, str] = field(
+        default_factory=lambda: {u: secrets.token_urlsafe(16) for u in (*REDIS_USERS, "admin")}
+    )
     _worker_seq: int = 0
+    _api: httpx.Client | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
     @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+    def api(self) -> httpx.Client:
+        """An HTTP client of the API that sends the bearer token."""
+        if self._api is None:
+            self._api = httpx.Client(
+                base_url=self.api_url, headers={"Authorization": f"Bearer {self.api_token}"}
+            )
+        return self._api
 
-    def env(self, **extra: str) -> dict[str, str]:
+    @property
+    def redis_url(self) -> str:
+        """The harness's own Redis URL: the ``admin`` user, allowed everything."""
+        return self.role_redis_url("admin", with_password=True)
+
+    def role_redis_url(self, user: str, *, with_password: bool = False) -> str:
+        auth = f"{user}:{self.redis_passwords[user]}" if with_password else user
+        return f"redis://{auth}@127.0.0.1:{self.redis_port}/0"
+
+    def env(self, redis_user: str = "orchestrator", **extra: str) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -131,7 +166,10 @@ class LocalMesh:
         }
         env.update(
             {
-                "REDIS_URL": self.redis_url,
+                "REDIS_URL": self.role_redis_url(redis_user),
+                "REDIS_PASSWORD": self.redis_passwords[redis_user],
+                "AGENTMESH_API_TOKEN": self.api_token,
+                "CHROMA_TOKEN": self.chroma_token,
                 "CHROMA_URL": self.chroma_url,
                 "ANTHROPIC_API_KEY": "scripted-test-key",
                 "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{self.llm_port}",
@@ -140,6 +178,13 @@ class LocalMesh:
                 "AGENTMESH_SECRETS_DIR": str(self.root / "no-secrets"),
                 "AGENTMESH_ENVIRONMENT": "test",
                 "AGENTMESH_LOG_LEVEL": "INFO",
+                # The harness drives the API from one address far faster than one
+                # client should (bench polls every 10 ms); the flood limits have
+                # their own tests, which set small ones.
+                "AGENTMESH_API_RATE_PER_S": "100000",
+                "AGENTMESH_API_BURST": "100000",
+                "AGENTMESH_API_CONCURRENCY": "10000",
+                "AGENTMESH_SANDBOX_SOCKET_DIR": str(self.root / "sandbox-sockets"),
             }
         )
         if self.otlp_endpoint and self.traces_file:
@@ -160,6 +205,14 @@ class LocalMesh:
     def start_redis(self) -> None:
         data = self.root / "redis"
         data.mkdir(exist_ok=True)
+        secrets_dir = self.root / "redis-secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        for user, password in self.redis_passwords.items():
+            (secrets_dir / f"redis_{user}_password").write_text(password + "\n")
+        acl = self.root / "users.acl"
+        subprocess.run(["sh", str(ACL_SCRIPT), str(secrets_dir), str(acl)], check=True)
+        with acl.open("a") as f:
+            f.write(f"user admin on >{self.redis_passwords['admin']} ~* &* +@all\n")
         self.procs["redis"] = Proc(
             "redis",
             [
@@ -168,6 +221,8 @@ class LocalMesh:
                 str(self.redis_port),
                 "--bind",
                 "127.0.0.1",
+                "--aclfile",
+                str(acl),
                 "--dir",
                 str(data),
                 "--appendonly",
@@ -222,16 +277,105 @@ class LocalMesh:
             "the scripted model to listen",
         )
 
-    def start_orchestrator(self) -> Proc:
+    def start_gateway(
+        self, name: str = "gateway", *, upstream: str = "", vendor_key: str = "scripted-test-key"
+    ) -> str:
+        """A model gateway process in front of ``upstream`` (default: the scripted model),
+        knowing the callers of GATEWAY_TOKENS; returns its URL."""
+        secrets = self.root / f"{name}-secrets"
+        secrets.mkdir()
+        for role, token in GATEWAY_TOKENS.items():
+            (secrets / f"gateway_token_{role}").write_text(token + "\n")
+        port = free_port()
+        env = self.env(
+            "gateway",
+            AGENTMESH_SECRETS_DIR=str(secrets),
+            AGENTMESH_GATEWAY_UPSTREAM=upstream or f"http://127.0.0.1:{self.llm_port}",
+            AGENTMESH_GATEWAY_PORT=str(port),
+            ANTHROPIC_API_KEY=vendor_key,
+        )
+        del env["ANTHROPIC_BASE_URL"]
+        self.procs[name] = Proc(
+            name,
+            [sys.executable, "-m", "agentmesh_orchestrator.gateway"],
+            env,
+            self.root / f"{name}.log",
+        ).start()
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(url + "/healthz").is_success, f"{name} to listen")
+        return url
+
+    def start_memory_gate(self, chroma_url: str) -> None:
+        """The memory service's authenticating front before ``chroma_url``; the mesh's
+        processes use the gate's URL."""
+        self.chroma_direct_url = chroma_url
+        self.procs["memory-gate"] = Proc(
+            "memory-gate",
+            [sys.executable, "-m", "agentmesh_orchestrator.memory_gate"],
+            self.env(
+                AGENTMESH_MEMORY_GATE_UPSTREAM=chroma_url,
+                AGENTMESH_MEMORY_GATE_PORT=str(self.gate_port),
+            ),
+            self.root / "memory-gate.log",
+        ).start()
+        self.chroma_url = f"http://127.0.0.1:{self.gate_port}"
+        wait_until(
+            lambda: httpx.get(f"{self.chroma_url}/healthz").is_success,
+            "the memory gate to listen",
+        )
+
+    def start_orchestrator(self, **extra_env: str) -> Proc:
         proc = Proc(
             "orchestrator",
             [str(BIN / "orchestrator"), "serve"],
-            self.env(),
+            self.env(
+                AGENTMESH_WORKER_HOSTNAME="orchestrator",
+                AGENTMESH_API_TOKEN="\n".join([self.api_token, *self.extra_api_tokens]),
+                **{**self.orchestrator_env, **extra_env},
+            ),
             self.root / "orchestrator.log",
         ).start()
         self.procs["orchestrator"] = proc
+        wait_until(lambda: self.api.get("/readyz").is_success, "the orchestrator to be ready")
+        return proc
+
+    def start_planner(self, name: str, **extra_env: str) -> Proc:
+        """A planning replica without the API (``orchestrator plan``)."""
+        hb = self.root / f"{name}.heartbeat"
+        proc = Proc(
+            name,
+            [str(BIN / "orchestrator"), "plan"],
+            self.env(
+                AGENTMESH_WORKER_HOSTNAME=name,
+                AGENTMESH_HEARTBEAT_FILE=str(hb),
+                AGENTMESH_HEARTBEAT_INTERVAL_S="1",
+                **extra_env,
+            ),
+            self.root / f"{name}.log",
+        ).start()
+        self.procs[name] = proc
+        wait_until(hb.exists, f"{name} to start planning", timeout=60)
+        return proc
+
+    def start_sandbox(self, name: str = "sandbox-1") -> Proc:
+        """A replica of the sandbox service (the coder's runs go there)."""
+        proc = Proc(
+            name,
+            [str(BIN / "sandbox-server")],
+            self.env(
+                AGENTMESH_SANDBOX_REPLICA=name,
+                AGENTMESH_SANDBOX_SCRATCH_ROOT=str(self.root / "sandbox-runs" / name),
+            ),
+            self.root / f"{name}.log",
+        ).start()
+        self.procs[name] = proc
+        check = [str(BIN / "sandbox-server"), "--check"]
+        env = self.env(AGENTMESH_SANDBOX_REPLICA=name)
         wait_until(
-            lambda: httpx.get(f"{self.api_url}/readyz").is_success, "the orchestrator to be ready"
+            lambda: (
+                subprocess.run(check, env=env, capture_output=True, check=False).returncode == 0
+            ),
+            f"{name} to answer",
         )
         return proc
 
@@ -243,6 +387,7 @@ class LocalMesh:
             name,
             [str(BIN / f"{role}-worker")],
             self.env(
+                role,
                 AGENTMESH_HEARTBEAT_FILE=str(hb),
                 AGENTMESH_HEARTBEAT_INTERVAL_S="1",
                 AGENTMESH_SCRATCH_ROOT=str(self.root / "scratch" / name),
@@ -256,11 +401,17 @@ class LocalMesh:
         return proc
 
     def cli(
-        self, *args: str, input_text: str | None = None, timeout: float = 180
+        self,
+        *args: str,
+        input_text: str | None = None,
+        timeout: float = 180,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "orchestrator"), *args],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
+            cwd=cwd,
             capture_output=True,
             text=True,
             input=input_text,
@@ -275,6 +426,8 @@ class LocalMesh:
         for name in [n for n in self.procs if n not in {"redis", "llm"}] + ["llm", "redis"]:
             if name in self.procs:
                 self.procs[name].stop()
+        if self._api is not None:
+            self._api.close()
 
 
 @contextmanager
@@ -285,18 +438,26 @@ def local_mesh(
     coders: int = 1,
     llm_delay_ms: int = 0,
     tracing: bool = True,
+    orchestrator_env: dict[str, str] | None = None,
+    extra_api_tokens: list[str] | None = None,
 ) -> Iterator[LocalMesh]:
     """The mesh as processes; with ``tracing``, every process exports to a real collector."""
-    mesh = LocalMesh(root=root, llm_delay_ms=llm_delay_ms)
+    mesh = LocalMesh(
+        root=root,
+        llm_delay_ms=llm_delay_ms,
+        orchestrator_env=dict(orchestrator_env or {}),
+        extra_api_tokens=list(extra_api_tokens or []),
+    )
     with ExitStack() as stack:
         stack.callback(mesh.stop)
         mesh.start_redis()
         if tracing:
             collector = stack.enter_context(start_collector(root / "collector"))
             mesh.otlp_endpoint, mesh.traces_file = collector.grpc_endpoint, collector.traces_file
-        mesh.chroma_url = stack.enter_context(start_chroma(free_port(), root / "chroma"))
+        mesh.start_memory_gate(stack.enter_context(start_chroma(free_port(), root / "chroma")))
         mesh.start_llm()
         mesh.start_orchestrator()
+        mesh.start_sandbox()
         for _ in range(researchers):
             mesh.start_worker("researcher")
         for _ in range(coders):

@@ -1,34 +1,81 @@
+"""The sandbox service's server and the coder's client, over a real unix socket.
+
+The server runs in this process (a thread), its runs in real supervised child
+processes under Landlock, rlimits and the socket filter, as in the container.
+"""
+
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from agentmesh_coder.sandbox import Sandbox
-from agentmesh_shared.settings import load_settings
+from agentmesh_coder import supervisor
+from agentmesh_coder.sandbox import RunResult, Sandbox, SandboxUnavailableError
+from agentmesh_coder.sandbox_protocol import (
+    PingRequest,
+    Reply,
+    RunRequest,
+    recv_frame,
+    send_frame,
+)
+from agentmesh_coder.sandbox_server import SandboxRunner, SandboxServer, socket_path
+from agentmesh_shared.settings import Settings, load_settings
+
+pytestmark = pytest.mark.skipif(
+    supervisor.landlock_abi() < supervisor.MIN_ABI, reason="the kernel lacks Landlock ABI 6"
+)
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Sandbox:
-    return Sandbox(
-        load_settings(
-            sandbox_wall_s=2.0, sandbox_output_bytes=1000, sandbox_file_mb=1, sandbox_memory_mb=200
-        ),
-        tmp_path,
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        sandbox_wall_s=3.0,
+        sandbox_output_bytes=1000,
+        sandbox_file_mb=1,
+        sandbox_memory_mb=200,
+        sandbox_socket_dir=tmp_path / "sockets",
+        sandbox_scratch_root=tmp_path / "runs",
     )
 
 
-def run(sandbox: Sandbox, code: str) -> tuple[int | None, str, str, bool]:
-    (sandbox.workdir / "prog.py").write_text(code)
-    r = sandbox.run_python("prog.py")
-    return r.exit_code, r.stdout, r.stderr, r.timed_out
+@pytest.fixture
+def server(settings: Settings) -> Iterator[SandboxServer]:
+    srv = SandboxServer(
+        socket_path(settings, "replica-a"), SandboxRunner(settings, replica="replica-a")
+    )
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join()
 
 
-def test_code_runs_and_output_is_real(sandbox: Sandbox) -> None:
-    assert run(sandbox, "print(sum(range(101)))")[:2] == (0, "5050\n")
+@pytest.fixture
+def sandbox(settings: Settings, server: SandboxServer) -> Sandbox:
+    return Sandbox(settings)
+
+
+def run(sandbox: Sandbox, code: str, **files: str) -> RunResult:
+    return sandbox.run_python("prog.py", files={"prog.py": code, **files})
+
+
+def test_code_runs_and_output_and_files_come_back(sandbox: Sandbox) -> None:
+    r = run(sandbox, "print(sum(range(101)))\nopen('out.txt', 'w').write('made here')\n")
+    assert (r.exit_code, r.stdout, r.timed_out) == (0, "5050\n", False), r.stderr
+    assert r.files == {"prog.py": r.files["prog.py"], "out.txt": "made here"}
+    assert r.replica == "replica-a"
 
 
 def test_no_network_but_unix_sockets_work(sandbox: Sandbox) -> None:
-    code, out, err, _ = run(
+    r = run(
         sandbox,
         "import socket\n"
         "for fam in (socket.AF_INET, socket.AF_INET6):\n"
@@ -36,31 +83,139 @@ def test_no_network_but_unix_sockets_work(sandbox: Sandbox) -> None:
         "    except PermissionError:\n        print('denied')\n"
         "a, b = socket.socketpair(); print('pair ok')\n",
     )
-    assert (code, out) == (0, "denied\ndenied\npair ok\n"), err
+    assert (r.exit_code, r.stdout) == (0, "denied\ndenied\npair ok\n"), r.stderr
 
 
-def test_wall_clock_kills_the_process_group(sandbox: Sandbox) -> None:
-    code, _, _, timed_out = run(
-        sandbox,
-        "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\nwhile True: pass\n",
+def test_setsid_grandchild_is_killed_and_the_call_returns_on_time(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    code = (
+        "import os, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', "
+        "'import os, time; os.setsid(); os.fork() or time.sleep(60); time.sleep(60)'], "
+        "start_new_session=True)\n"
+        "print(p.pid, flush=True)\n"
+        "while True: pass\n"
     )
-    assert timed_out and code is None
+    started = time.monotonic()
+    r = run(sandbox, code)
+    elapsed = time.monotonic() - started
+    assert r.timed_out and r.exit_code is None
+    assert elapsed < 3.0 + 2.5, elapsed
+    pid = int(r.stdout.split()[0])
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    assert list(marker.iterdir()) == []
+
+
+def test_the_run_cannot_signal_or_read_the_memory_of_the_server(sandbox: Sandbox) -> None:
+    code = (
+        f"import os\n"
+        f"try:\n    os.kill({os.getpid()}, 0); print('signal ok')\n"
+        "except PermissionError: print('signal denied')\n"
+        f"try:\n    open('/proc/{os.getpid()}/mem', 'rb'); print('mem open')\n"
+        "except PermissionError: print('mem denied')\n"
+    )
+    r = run(sandbox, code)
+    # /proc/<pid>/environ: the server is not dumpable, so only root could read it, and
+    # the container runs as uid 10002 (proved in tests/e2e/test_sandbox_attacks.py).
+    assert r.stdout == "signal denied\nmem denied\n", r.stderr
+
+
+def test_two_runs_at_once_cannot_see_each_other(sandbox: Sandbox, settings: Settings) -> None:
+    writer = (
+        "import os, time\nopen('mine.txt', 'w').write('private')\n"
+        "print(os.getcwd(), flush=True)\ntime.sleep(1.5)\n"
+        "print(open('mine.txt').read())\n"
+    )
+    spy = (
+        "import os, time\ntime.sleep(0.5)\nroot = os.path.dirname(os.getcwd())\n"
+        "found = []\n"
+        "try:\n    names = os.listdir(root)\nexcept OSError as e:\n    names = []; print('list', e.errno)\n"
+        "for d in ['run-' + str(i) for i in range(3)] + names:\n"
+        "    p = os.path.join(root, d, 'mine.txt')\n"
+        "    try:\n        open(p, 'a').write('changed'); found.append(p)\n"
+        "    except OSError as e:\n        pass\n"
+        "print('changed', found)\n"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run, sandbox, writer)
+        second = pool.submit(run, sandbox, spy)
+        a, b = first.result(), second.result()
+    assert a.stdout.splitlines()[-1] == "private", a
+    assert "changed []" in b.stdout, b
+    assert "list 13" in b.stdout, b
+
+
+def test_threads_and_subprocesses_work_up_to_the_limit(sandbox: Sandbox) -> None:
+    r = run(
+        sandbox,
+        "import subprocess, sys, threading\n"
+        "ts = [threading.Thread(target=lambda: None) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print(subprocess.run([sys.executable, '-c', 'print(6*7)'], capture_output=True, "
+        "text=True).stdout.strip())\n",
+    )
+    assert (r.exit_code, r.stdout) == (0, "42\n"), r.stderr
 
 
 def test_memory_file_size_and_output_are_limited(sandbox: Sandbox) -> None:
-    code, _, err, _ = run(sandbox, "x = bytearray(400 * 1024 * 1024)\n")
-    assert code != 0 and "MemoryError" in err
-    code, _, err, _ = run(sandbox, "open('big', 'wb').write(b'0' * 2 * 1024 * 1024)\n")
-    assert code != 0
-    assert (sandbox.workdir / "big").stat().st_size <= 1024 * 1024
-    (sandbox.workdir / "prog.py").write_text("print('y' * 5000)")
-    result = sandbox.run_python("prog.py")
-    assert result.truncated and len(result.stdout) == 1000
+    r = run(sandbox, "x = bytearray(400 * 1024 * 1024)\n")
+    assert r.exit_code != 0 and "MemoryError" in r.stderr
+    r = run(sandbox, "open('big', 'wb').write(b'0' * 2 * 1024 * 1024)\n")
+    assert r.exit_code != 0
+    assert len(r.files.get("big", "")) <= 1024 * 1024
+    r = run(sandbox, "print('y' * 5000)")
+    assert r.truncated and len(r.stdout) == 1000
 
 
-def test_the_child_environment_is_clean(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_run_environment_is_clean(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "secret-key")
-    _, out, _, _ = run(
+    r = run(
         sandbox, "import os; print(sorted(k for k in os.environ if 'KEY' in k or 'REDIS' in k))"
     )
-    assert out == "[]\n"
+    assert r.stdout == "[]\n"
+
+
+def test_a_symlink_left_by_a_run_is_not_followed(sandbox: Sandbox, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not return me")
+    r = run(sandbox, f"import os; os.symlink({str(secret)!r}, 'leak.txt')")
+    assert r.exit_code == 0, r.stderr
+    assert "leak.txt" not in r.files
+
+
+def test_bad_requests_get_clear_errors(settings: Settings, server: SandboxServer) -> None:
+    path = socket_path(settings, "replica-a")
+
+    def raw(payload: bytes) -> Reply:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(path))
+            conn.sendall(len(payload).to_bytes(4, "big") + payload)
+            return Reply.model_validate_json(recv_frame(conn))
+
+    reply = raw(json.dumps({"version": 99, "op": "ping"}).encode())
+    assert not reply.ok and "version 99 is not supported" in (reply.error or "")
+    reply = raw(json.dumps({"version": 1, "op": "run", "script": "../x.py"}).encode())
+    assert not reply.ok and "relative path" in (reply.error or "")
+    reply = raw(b"not json")
+    assert not reply.ok and "not JSON" in (reply.error or "")
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(path))
+        send_frame(conn, PingRequest())
+        assert Reply.model_validate_json(recv_frame(conn)).ok
+    with pytest.raises(ValueError, match="relative path"):
+        RunRequest(script="/etc/passwd")
+
+
+def test_dead_replicas_are_skipped_and_none_is_a_clear_error(
+    settings: Settings, sandbox: Sandbox
+) -> None:
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(socket_path(settings, "replica-gone")))
+    stale.close()  # a socket file nobody listens on, as a stopped replica leaves
+    for _ in range(5):
+        assert run(sandbox, "print(1)").replica == "replica-a"
+    empty = Sandbox(load_settings(sandbox_socket_dir=settings.sandbox_scratch_root / "none"))
+    with pytest.raises(SandboxUnavailableError, match="no sandbox replica answers"):
+        empty.run_python("prog.py", files={"prog.py": "print(1)"})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -37,3 +38,53 @@ def test_wire_errors_look_like_the_vendors(url: str) -> None:
     client = anthropic.Anthropic(api_key="k", base_url=url, max_retries=0)
     with pytest.raises(anthropic.BadRequestError):
         client.post("/v1/messages", cast_to=dict, body={"model": "m"})
+
+
+def test_a_fenced_python_block_goes_whole_to_the_coder_and_is_run_as_written(url: str) -> None:
+    code = "import os\n\nprint('  indented?', os.getpid())\n"
+    task = f"Run this, please:\n```python\n{code}```\nand tell me what it printed."
+    client = anthropic.Anthropic(api_key="k", base_url=url, max_retries=0)
+    delegate = {"name": "delegate", "input_schema": {"type": "object"}}
+    plan = client.messages.create(
+        model="m",
+        max_tokens=100,
+        tools=[delegate],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": task}],
+    )
+    instructions = [b.input["instruction"] for b in plan.content if b.type == "tool_use"]
+    coder_instruction = instructions[1]
+    assert f"```python\n{code}```" in coder_instruction
+    run_python = {"name": "run_python", "input_schema": {"type": "object"}}
+    history: list[anthropic.types.MessageParam] = [
+        {"role": "user", "content": coder_instruction},
+        {"role": "assistant", "content": [{"type": "text", "text": "searching"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "-"}]},
+    ]
+    step = client.messages.create(
+        model="m",
+        max_tokens=100,
+        tools=[run_python],  # type: ignore[list-item]
+        messages=history,
+    )
+    write = next(b for b in step.content if b.type == "tool_use")
+    assert write.name == "write_file" and write.input == {"path": "main.py", "content": code}
+
+
+def test_streamed_replies_match_the_plain_ones(url: str) -> None:
+    client = anthropic.Anthropic(api_key="k", base_url=url, max_retries=0)
+    tools: Any = [
+        {"name": n, "description": n, "input_schema": {"type": "object"}}
+        for n in ("memory_search", "memory_store", "fetch_url")
+    ]
+    messages: Any = [{"role": "user", "content": "Read https://allowed.example.test/a b"}]
+    plain = client.messages.create(model="m", max_tokens=64, messages=messages, tools=tools)
+    with client.messages.stream(model="m", max_tokens=64, messages=messages, tools=tools) as stream:
+        kinds = {event.type for event in stream}
+        streamed = stream.get_final_message()
+    assert {"message_start", "content_block_delta", "message_delta", "message_stop"} <= kinds
+    # The scripted researcher fetches the URL its instruction holds, first.
+    for reply in (plain, streamed):
+        block = reply.content[0]
+        assert block.type == "tool_use" and block.name == "fetch_url"
+        assert block.input == {"url": "https://allowed.example.test/a"}
+    assert streamed.usage.output_tokens == plain.usage.output_tokens

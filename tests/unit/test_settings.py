@@ -54,6 +54,24 @@ def test_secret_files_are_read_and_the_password_is_quoted(tmp_path: Path) -> Non
     assert "sk-from-file" not in repr(settings)
 
 
+def test_credential_secrets_are_read_and_a_role_user_is_named_by_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "api_token").write_text("api-secret\n")
+    (tmp_path / "chroma_token").write_text("chroma-secret\n")
+    (tmp_path / "flower_basic_auth").write_text("admin:pw\n")
+    (tmp_path / "redis_password").write_text("coder-pw\n")
+    monkeypatch.setenv("REDIS_URL", "redis://coder@broker:6379/0")
+    settings = Settings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == "api-secret"
+    assert settings.chroma_token is not None
+    assert settings.chroma_token.get_secret_value() == "chroma-secret"
+    assert settings.flower_basic_auth is not None
+    assert settings.redis_connection_url() == "redis://coder:coder-pw@broker:6379/0"
+    (tmp_path / "api_token").write_text("\n")
+    assert Settings(_secrets_dir=tmp_path).api_token is None  # type: ignore[call-arg]
+
+
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTMESH_MODEL", "claude-test")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://gateway:9000")

@@ -1,7 +1,9 @@
 """The orchestrator's HTTP API.
 
 ``POST /tasks`` validates the task, records it durably in Redis and answers at once
-with its id; the planner works on it in the background.
+with its id; the planner works on it in the background. Every route but ``/healthz``
+and ``/readyz`` needs the API's bearer token (see :mod:`agentmesh_orchestrator.auth`);
+``/readyz`` tells an unauthenticated caller only whether the mesh is ready.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Annotated, Any, cast
 import httpx
 import redis
 from agentmesh_shared import deadletter, events, keys, metrics, telemetry
+from agentmesh_shared.handoff import Handoff
+from agentmesh_shared.llm import ModelStatus
 from agentmesh_shared.models import (
     TaskEvent,
     TaskLimits,
@@ -24,13 +28,18 @@ from agentmesh_shared.models import (
     WorkerInfo,
     new_id,
 )
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from agentmesh_shared.redisconn import MAX_BLOCK_S
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
+from agentmesh_orchestrator.auth import BearerAuthMiddleware, caller_identity
+from agentmesh_orchestrator.client import LIMIT_HEADER
+from agentmesh_orchestrator.limits import FloodGuard, MemoryWatch
 from agentmesh_orchestrator.service import Services
+from agentmesh_orchestrator.store import AdmissionRefusedError
 from agentmesh_orchestrator.trace_api import register_trace_routes
 from agentmesh_orchestrator.traces import TraceReader
 
@@ -47,16 +56,19 @@ def _format_errors(errors: Any) -> str:
 
 
 def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
+    """The API; with ``start_planner``, this process also runs planning steps."""
     settings = services.settings
+    handoff = Handoff(services.redis)
+    start_planner = start_planner and settings.planner_concurrency > 0
+    model_status = ModelStatus(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_planner:
-            resumed = await run_in_threadpool(services.planner.resume_all)
-            if resumed:
-                log.info("resumed %d unfinished task(s)", len(resumed), extra={"task_ids": resumed})
+            await run_in_threadpool(services.planner.start)
         yield
-        services.planner.shutdown()
+        if start_planner:
+            services.planner.shutdown()
 
     app = FastAPI(
         title="agentmesh orchestrator",
@@ -70,6 +82,18 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             "operation_spans": False,
         },
     )
+
+    app.add_middleware(FloodGuard, settings=settings, client=services.aredis)
+    memory = MemoryWatch(services.redis, settings.redis_memory_high_water)
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    chroma_auth = (
+        {"Authorization": f"Bearer {settings.chroma_token.get_secret_value()}"}
+        if settings.chroma_token
+        else {}
+    )
+    # Added last, so outermost: a request without the token is refused before it
+    # counts against any flood limit (which then keys on a verified token).
+    app.add_middleware(BearerAuthMiddleware, token=token)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,14 +122,26 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
                     f"{settings.max_task_chars} (AGENTMESH_MAX_TASK_CHARS)"
                 ),
             )
-        if not settings.llm_configured:
+        problem = model_status.problem()
+        if problem is not None:
+            raise HTTPException(status_code=503, detail=problem)
+        memory_ok, memory_state = memory.check()
+        if not memory_ok:
+            raise HTTPException(
+                status_code=503,
+                detail=f"not accepting new tasks: Redis is nearly full: {memory_state}",
+                headers={"Retry-After": "30"},
+            )
+        held = services.store.make_room(settings.max_stored_tasks)
+        if held >= settings.max_stored_tasks:
             raise HTTPException(
                 status_code=503,
                 detail=(
-                    "the model is not configured: put an Anthropic API key in "
-                    "secrets/anthropic_api_key (or set ANTHROPIC_API_KEY) and restart, "
-                    "or run `make demo` for the scripted model"
+                    f"not accepting new tasks: {held} tasks are stored and the oldest are "
+                    f"unfinished (AGENTMESH_MAX_STORED_TASKS={settings.max_stored_tasks}); "
+                    "retry when some have finished"
                 ),
+                headers={"Retry-After": "30"},
             )
         # Inside FastAPI's server span when its telemetry is on; else from the headers.
         current = trace.get_current_span().get_span_context()
@@ -122,11 +158,26 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
                 trace_id=telemetry.current_trace_id(),
                 traceparent=telemetry.inject().get("traceparent"),
             )
-            stored = services.store.create(record, idempotency=idempotency_key)
+            try:
+                stored = services.store.create(
+                    record, idempotency=idempotency_key, limit=settings.max_active_tasks
+                )
+            except AdmissionRefusedError as err:
+                metrics.tasks().add(1, {"status": "refused"})
+                retry = settings.admission_retry_after_s
+                raise HTTPException(
+                    status_code=429,
+                    detail=(
+                        f"the mesh is at its limit of {err.limit} unfinished tasks "
+                        f"(AGENTMESH_MAX_ACTIVE_TASKS); nothing was stored: submit again in "
+                        f"{retry} s, or raise the limit"
+                    ),
+                    headers={"Retry-After": str(retry), LIMIT_HEADER: "admission"},
+                ) from None
             if stored.id == record.id:
                 metrics.tasks().add(1, {"status": "accepted"})
                 events.publish(services.redis, record.id, "task.queued", "task accepted")
-                services.planner.submit(record.id)
+                handoff.wake(record.id)
         return stored
 
     @app.get("/tasks", response_model=list[TaskRecord])
@@ -141,13 +192,27 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         return _get(task_id)
 
     @app.get("/tasks/{task_id}/events", response_model=list[TaskEvent])
-    def task_events(
+    async def task_events(
         task_id: str,
-        after: Annotated[str, Query(pattern=r"^\d+(-\d+)?$")] = "0",
-        wait: Annotated[float, Query(ge=0, le=30)] = 0,
+        after: Annotated[str, Query(pattern=r"^\d+(-\d+)?$", max_length=42)] = "0",
+        wait: Annotated[float, Query(ge=0, le=MAX_BLOCK_S)] = 0,
     ) -> list[TaskEvent]:
-        _get(task_id)
-        return events.read(services.redis, task_id, after=after, block_ms=int(wait * 1000) or None)
+        """Events after ``after``; with ``wait``, a long-poll answering within ``wait``.
+
+        Async on purpose: a waiting long-poll holds a coroutine and an asyncio Redis
+        connection, not one of the server's threads, so any number of followers
+        cannot starve the other endpoints (sync endpoints share one thread pool).
+        """
+        if any(int(part) >= 2**64 for part in after.split("-")):
+            raise HTTPException(
+                status_code=422,
+                detail=f"invalid request: after: {after!r} is not a stream id (each part < 2^64)",
+            )
+        if not (keys_ok(task_id) and await services.aredis.exists(keys.task(task_id))):
+            raise HTTPException(status_code=404, detail=f"unknown task id {task_id!r}")
+        return await events.read_async(
+            services.aredis, task_id, after=after, block_ms=int(wait * 1000) or None
+        )
 
     @app.post("/tasks/{task_id}/cancel", status_code=202, response_model=TaskRecord)
     def cancel(task_id: str) -> TaskRecord:
@@ -156,10 +221,9 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             raise HTTPException(
                 status_code=409, detail=f"task {task_id} already {record.status.value}"
             )
-        services.redis.set(keys.cancel_flag(task_id), "1", ex=7 * 86_400)
+        services.redis.set(keys.cancel_flag(task_id), "1", ex=keys.RETENTION_S)
         events.publish(services.redis, task_id, "task.cancelling", "cancellation requested")
-        if record.status is TaskStatus.QUEUED:
-            services.planner.submit(task_id)
+        handoff.wake(task_id)
         return _get(task_id)
 
     @app.get("/workers", response_model=list[WorkerInfo])
@@ -176,15 +240,26 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         return sorted(live, key=lambda w: (w.role.value, w.hostname))
 
     @app.get("/deadletter")
-    def dead_letters(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    def dead_letters(
+        response: Response, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        """The newest dead letters, newest first; the list is left as it is."""
+        response.headers["X-Dead-Letter-Total"] = str(deadletter.total(services.redis))
         return deadletter.entries(services.redis, limit)
+
+    @app.post("/deadletter/drain")
+    def drain_dead_letters(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Remove and return the oldest ``limit`` dead letters, oldest first."""
+        return deadletter.drain(services.redis, limit)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
         try:
             services.redis.ping()
@@ -193,20 +268,25 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             checks["redis"] = f"unreachable: {type(err).__name__}"
         try:
             url = str(settings.chroma_url).rstrip("/") + "/api/v2/heartbeat"
-            httpx.get(url, timeout=2.0).raise_for_status()
+            httpx.get(url, timeout=2.0, headers=chroma_auth).raise_for_status()
             checks["chroma"] = "ok"
         except httpx.HTTPError as err:
             checks["chroma"] = f"unreachable: {type(err).__name__}"
-        checks["llm"] = (
-            "configured"
-            if settings.llm_configured
-            else "not configured: put a key in secrets/anthropic_api_key or set ANTHROPIC_API_KEY"
-        )
+        if checks["redis"] == "ok":
+            try:
+                memory_ok, checks["redis_memory"] = memory.check()
+            except redis.RedisError as err:
+                memory_ok, checks["redis_memory"] = False, f"unknown: {type(err).__name__}"
+        else:
+            memory_ok = False
+        problem = model_status.problem()
+        checks["llm"] = "configured" if problem is None else f"not configured: {problem}"
         ready = checks["redis"] == "ok" and checks["chroma"] == "ok"
-        return JSONResponse(
-            status_code=200 if ready else 503,
-            content={"status": "ready" if ready else "not ready", "checks": checks},
-        )
+        status = "ready" if ready and memory_ok else "degraded" if ready else "not ready"
+        content: dict[str, Any] = {"status": status}
+        if caller_identity(request) is not None:
+            content["checks"] = checks
+        return JSONResponse(status_code=200 if status == "ready" else 503, content=content)
 
     reader = TraceReader(settings.traces_file)
     register_trace_routes(

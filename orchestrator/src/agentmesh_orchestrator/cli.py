@@ -2,7 +2,9 @@
 
 Exit codes: 0 success (a waited-for task succeeded), 1 the task failed or was
 cancelled, 2 invalid input, 3 the API is unreachable, 4 unknown id, 5 the mesh is
-not ready (e.g. no model configured).
+not ready (e.g. no model configured), 6 the API is up but too slow or too busy
+(timeouts, 429) to answer in time, 7 the API refused the
+token (or none was found).
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import click
 from agentmesh_shared import telemetry
 from opentelemetry.trace import SpanKind
 
-from agentmesh_orchestrator.client import ApiClient, ApiError
+from agentmesh_orchestrator.client import ApiClient, ApiError, ApiSlowError, resolve_token
 
 DEFAULT_API = "http://127.0.0.1:8080"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _client(ctx: click.Context) -> ApiClient:
-    return ApiClient(ctx.obj["api"])
+    return ApiClient(
+        ctx.obj["api"],
+        timeout=ctx.obj.get("request_timeout", 40.0),
+        token=resolve_token(ctx.obj["token_file"]),
+    )
 
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
@@ -70,12 +76,28 @@ class _Cli(click.Group):
     show_default=DEFAULT_API,
     help="orchestrator API URL (env AGENTMESH_API_URL)",
 )
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=40.0,
+    show_default=True,
+    envvar="AGENTMESH_REQUEST_TIMEOUT_S",
+    help="seconds to wait for one API answer before calling the API slow (exit 6)",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="file holding the API token (default: AGENTMESH_API_TOKEN, then "
+    "/run/secrets/api_token, then ./secrets/api_token)",
+)
 @click.pass_context
-def main(ctx: click.Context, api: str) -> None:
+def main(ctx: click.Context, api: str, request_timeout: float, token_file: str | None) -> None:
     """Submit tasks to the agentmesh orchestrator and inspect the mesh."""
     ctx.ensure_object(dict)
     ctx.obj["api"] = api
-    if telemetry.export_enabled() and ctx.invoked_subcommand != "serve":
+    ctx.obj["request_timeout"] = request_timeout
+    ctx.obj["token_file"] = token_file
+    if telemetry.export_enabled() and ctx.invoked_subcommand not in {"serve", "plan"}:
         # The CLI is the first hop of a task's trace: its span is the API call's parent.
         telemetry.setup_telemetry("orchestrator-cli")
         ctx.call_on_close(telemetry.shutdown_telemetry)
@@ -138,19 +160,49 @@ def submit(
 
 
 def _wait(client: ApiClient, task_id: str, *, follow: bool) -> dict[str, Any]:
-    """Long-poll the task's events until it ends; progress goes to stderr."""
+    """Long-poll the task's events until it ends; progress goes to stderr.
+
+    A slow or busy answer (timeout, 429) does not end the wait: the task is still
+    running in the mesh, so the poll is sent again; only an unreachable API, an
+    unknown id or a task that ended stops it.
+    """
     after = "0"
     started = time.monotonic()
     while True:
-        for event in client.events(task_id, after=after, wait=5):
-            after = event["id"]
-            if follow or event["kind"].startswith(
-                ("task.", "subtask.started", "subtask.succeeded", "subtask.failed")
-            ):
-                click.echo(f"[{time.monotonic() - started:6.1f}s] {event['message']}", err=True)
-        task = client.get(task_id)
+        try:
+            for event in client.events(task_id, after=after, wait=5):
+                after = event["id"]
+                if follow or event["kind"].startswith(
+                    ("task.", "subtask.started", "subtask.succeeded", "subtask.failed")
+                ):
+                    click.echo(f"[{time.monotonic() - started:6.1f}s] {event['message']}", err=True)
+            task = client.get(task_id)
+        except ApiSlowError as err:
+            click.echo(f"[{time.monotonic() - started:6.1f}s] still waiting: {err}", err=True)
+            continue
         if task["status"] in TERMINAL:
             return task
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--drain", is_flag=True, help="remove the oldest LIMIT entries as they are shown")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def deadletter(ctx: click.Context, limit: int, drain: bool, as_json: bool) -> None:
+    """Show broker messages no worker could accept (newest first), or drain them (oldest first)."""
+    client = _client(ctx)
+    if drain:
+        entries = client.request("POST", "/deadletter/drain", params={"limit": limit})
+    else:
+        entries = client.request("GET", "/deadletter", params={"limit": limit})
+    lines = [
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.get('at', 0)))}Z  "
+        f"{e.get('queue') or e.get('role') or '-':<9} {e.get('reason')}"
+        for e in entries
+    ]
+    verb = "drained" if drain else "shown"
+    _emit(entries, as_json, "\n".join([*lines, f"({len(entries)} {verb})"]))
 
 
 @main.command()
@@ -240,6 +292,14 @@ def serve() -> None:
     from agentmesh_orchestrator.server import run  # noqa: PLC0415 - keeps the CLI start fast
 
     run()
+
+
+@main.command()
+def plan() -> None:
+    """Run a planning replica only (no API): scale these to plan more tasks at once."""
+    from agentmesh_orchestrator.server import run_planner  # noqa: PLC0415 - fast CLI start
+
+    run_planner()
 
 
 @main.command()

@@ -5,7 +5,11 @@ same broker and queues as the workers, with the broker password read from the
 ``redis_password`` secret by the settings: the password is never on a command line
 or in the environment. Flower asks the workers to send task events while it runs.
 
-Arguments are passed on to ``celery flower`` (e.g. ``--basic-auth=user:pass``);
+Every page but ``/healthcheck`` asks for basic auth with the ``user:password`` of the
+``flower_basic_auth`` secret (``AGENTMESH_FLOWER_BASIC_AUTH``); it is handed to Flower
+in-process, so it is not on a command line either. Without it Flower does not start.
+
+Other arguments are passed on to ``celery flower``;
 ``FLOWER_ADDRESS`` / ``FLOWER_PORT`` (default 0.0.0.0:5555) say where it listens.
 Flower is an optional dependency of the orchestrator image: this exits with a
 message naming the fix when it is not installed.
@@ -30,9 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as err:
         print(f"flower: {err}", file=sys.stderr)
         return 2
+    credentials = settings.flower_basic_auth
+    if credentials is None or ":" not in credentials.get_secret_value():
+        print(
+            "flower: basic auth is not configured: put user:password in "
+            "secrets/flower_basic_auth (scripts/secrets.sh creates it)",
+            file=sys.stderr,
+        )
+        return 2
     app = create_celery_app(settings, name="agentmesh-flower")
     args = [
         "flower",
+        f"--basic-auth={credentials.get_secret_value()}",
         f"--address={os.environ.get('FLOWER_ADDRESS', '0.0.0.0')}",  # noqa: S104 - in its container
         f"--port={os.environ.get('FLOWER_PORT', '5555')}",
         *(sys.argv[1:] if argv is None else argv),

@@ -1,11 +1,19 @@
-"""The planning loop: Claude plans a task, delegating subtasks to the worker queues.
+"""Planning as steps: Claude plans a task, delegating subtasks to the worker queues.
 
-Each ``delegate`` tool call becomes a Celery message on the ``research`` or ``code``
-queue; the calls of one turn run in parallel (the agent loop runs a turn's tool calls
-concurrently) and their results come back as tool results. The loop's state is
-checkpointed to Redis after every step, so a restarted orchestrator resumes each
-unfinished task from its last checkpoint: delegations already sent are awaited, not
-sent again.
+A task is planned in steps, and a step runs on whichever planner replica claims the
+task on the planning schedule (:mod:`agentmesh_orchestrator.schedule`). One step:
+collect the results of the delegations the last model turn asked for; when all are
+in, give them to the model as tool results and call it again; send the delegations
+of its new turn (each ``delegate`` tool call becomes a Celery message on the
+``research`` or ``code`` queue, all of one turn at once); checkpoint; end. Nothing
+waits for a subtask: the worker's result wakes the task (the hand-off puts it back
+on the schedule) and the next step continues from the checkpoint, so a waiting task
+costs a record in Redis, not a thread.
+
+A step also looks after its subtasks: a subtask whose worker stopped renewing its
+lease (SIGKILL, OOM, a lost host) is sent again at once, and one with no result by
+its deadline fails. Waiting tasks are looked at every ``AGENTMESH_PLAN_RECHECK_S``
+for that, or sooner when a worker reports.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -29,10 +38,10 @@ from agentmesh_shared.agent import (
     LoopState,
     StepRecord,
     Tool,
-    ToolContext,
-    ToolError,
 )
+from agentmesh_shared.agent.loop import Message, final_text
 from agentmesh_shared.budget import TokenBudget
+from agentmesh_shared.handoff import Handoff, SubtaskView
 from agentmesh_shared.llm import LLMNotConfiguredError
 from agentmesh_shared.models import (
     TASK_NAME_BY_ROLE,
@@ -46,11 +55,13 @@ from agentmesh_shared.models import (
 )
 from agentmesh_shared.settings import Settings
 from celery import Celery
+from kombu.exceptions import OperationalError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from agentmesh_orchestrator.schedule import Claim, PlanSchedule
 from agentmesh_orchestrator.store import TaskStore
 
 log = logging.getLogger("agentmesh.planner")
@@ -65,6 +76,7 @@ parallel. When the results are in, answer with a synthesis for the user."""
 RESULT_GRACE_S = 15.0
 MAX_RESENDS = 3
 REDIS_RETRY_S = 2.0
+IDLE_POLL_S = 0.5
 
 
 class DelegateInput(BaseModel):
@@ -74,46 +86,77 @@ class DelegateInput(BaseModel):
     )
 
 
+DELEGATE_TOOL: Tool[DelegateInput] = Tool(
+    name="delegate",
+    description=(
+        "Send a subtask to a worker: role 'researcher' investigates and stores findings "
+        "in shared memory; role 'coder' writes and runs Python. Returns the worker's result."
+    ),
+    input_model=DelegateInput,
+    fn=lambda args, ctx: "",  # never invoked: delegations are sent and collected by steps
+)
+
+
 def subtask_id_for(task_id: str, tool_use_id: str) -> str:
-    """Deterministic, so a resumed loop finds the subtask it already sent."""
+    """Deterministic, so a resumed step finds the subtask it already sent."""
     return f"{task_id}-{hashlib.sha256(tool_use_id.encode()).hexdigest()[:12]}"
+
+
+class LeaseLostError(RuntimeError):
+    """Another replica owns the task now: this step must stop without writing."""
+
+
+@dataclass
+class _Delegation:
+    """One ``delegate`` call of the model's last turn and what became of it."""
+
+    tool_use_id: str
+    subtask_id: str | None = None
+    message: SubtaskMessage | None = None
+    outcome: Message | None = None  # the tool_result block, once known
+    give_up_at: float = 0.0
 
 
 @dataclass
 class Planner:
+    """Runs planning steps for the tasks this replica claims, on a pool of threads."""
+
     settings: Settings
     redis: redis.Redis
     store: TaskStore
     celery: Celery
     llm_factory: Any  # Callable[[], anthropic.Anthropic]; raises LLMNotConfiguredError
+    owner: str = ""
     _executor: ThreadPoolExecutor = field(init=False)
-    _driving: set[str] = field(default_factory=set)
+    _stepping: set[str] = field(default_factory=set)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
     _llm: anthropic.Anthropic | None = None
 
     def __post_init__(self) -> None:
+        self.owner = self.owner or f"{self.settings.worker_hostname}-{uuid.uuid4().hex[:6]}"
         self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.planner_concurrency, thread_name_prefix="planner"
+            max_workers=max(1, self.settings.planner_concurrency), thread_name_prefix="planner"
         )
         self.budget = TokenBudget(self.redis)
+        self.handoff = Handoff(self.redis)
+        self.schedule = PlanSchedule(self.redis, self.owner, self.settings.plan_lease_s)
 
     # -- lifecycle ----------------------------------------------------------------------
-    def resume_all(self) -> list[str]:
-        """Pick up every task a previous orchestrator process accepted but did not end."""
-        resumed = self.store.active_ids()
-        for task_id in resumed:
-            events.publish(self.redis, task_id, "task.resumed", "orchestrator resumed the task")
-            self.submit(task_id)
-        return resumed
-
-    def submit(self, task_id: str) -> None:
-        with self._guard:
-            if task_id in self._driving:
-                return
-            self._driving.add(task_id)
-        self._executor.submit(self._drive_guarded, task_id)
+    def start(self) -> None:
+        """Adopt unfinished tasks missing from the schedule, then claim steps until stopped."""
+        adopted = self.schedule.enqueue(self.store.active_ids())
+        if adopted:
+            log.info("put %d unfinished task(s) back on the planning schedule", adopted)
+        for target, name in ((self._claim_loop, "plan-claim"), (self._renew_loop, "plan-lease")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def shutdown(self) -> None:
+        """Stop claiming; steps in flight end, or their leases lapse for another replica."""
+        self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def llm(self) -> anthropic.Anthropic:
@@ -121,80 +164,134 @@ class Planner:
             self._llm = cast("anthropic.Anthropic", self.llm_factory())
         return self._llm
 
-    # -- one task -------------------------------------------------------------------------
-    def _drive_guarded(self, task_id: str) -> None:
-        """Drive a task to its end.
+    def _free_slots(self) -> int:
+        with self._guard:
+            return max(1, self.settings.planner_concurrency) - len(self._stepping)
 
-        When Redis stays unreachable past the client's own retries, planning resumes
-        from the last checkpoint once Redis is back, for up to the task timeout; after
-        that the task stays recorded as unfinished and the next orchestrator start
-        resumes it.
-        """
-        give_up_at = time.time() + self.settings.task_timeout_s
+    def _claim_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claimed = self.claim_due()
+                if not claimed:
+                    self.schedule.wait_for_work(IDLE_POLL_S)
+            except redis.RedisError:
+                log.warning("planning schedule unreachable; retrying", exc_info=True)
+                self._stop.wait(REDIS_RETRY_S)
+
+    def claim_due(self) -> int:
+        """Claim due tasks up to the free threads and start their steps."""
+        free = self._free_slots()
+        if free <= 0:
+            self._stop.wait(0.05)
+            return -1
+        claimed = 0
+        for task_id in self.schedule.due(free * 4 + 8):
+            if claimed >= free:
+                break
+            with self._guard:
+                if task_id in self._stepping:
+                    continue
+            claim = self.schedule.claim(task_id)
+            if claim is None:
+                continue
+            with self._guard:
+                self._stepping.add(task_id)
+            self._executor.submit(self._step_guarded, claim)
+            claimed += 1
+        return claimed
+
+    def _renew_loop(self) -> None:
+        interval = self.settings.plan_lease_s / 3
+        while not self._stop.wait(interval):
+            with self._guard:
+                mine = list(self._stepping)
+            try:
+                held = self.schedule.renew(mine)
+            except redis.RedisError:
+                log.warning("could not renew planning leases", exc_info=True)
+                continue
+            for lost in set(mine) - held:
+                log.warning("lost the planning lease of task %s", lost)
+
+    # -- one step -------------------------------------------------------------------------
+    def _step_guarded(self, claim: Claim) -> None:
+        task_id = claim.task_id
+        next_at: float | None = time.time() + REDIS_RETRY_S
         try:
-            while True:
-                try:
-                    self._drive(task_id)
-                    return
-                except redis.ConnectionError:
-                    if time.time() > give_up_at:
-                        log.exception(
-                            "Redis unreachable; leaving task %s for the next start", task_id
-                        )
-                        return
-                    log.warning(
-                        "lost Redis while planning %s; resuming from its checkpoint", task_id
-                    )
-                    time.sleep(REDIS_RETRY_S)
+            next_at = self.step(claim)
+        except LeaseLostError:
+            log.warning("task %s was taken over by another replica mid-step", task_id)
+            return
+        except (redis.RedisError, OperationalError):
+            # The broker (state or queues) failed mid-step: the step runs again from the
+            # task's checkpoint once Redis answers.
+            log.warning(
+                "the broker failed while planning %s; the step runs again", task_id, exc_info=True
+            )
         except Exception:
             log.exception("planning task %s crashed", task_id)
             try:
                 self._finish(
                     task_id, TaskStatus.FAILED, error="internal error while planning (see logs)"
                 )
-            except redis.RedisError:
-                log.exception("could not record the failure of task %s", task_id)
+                next_at = None  # off the schedule only once its end is recorded
+            except Exception:
+                log.exception("could not record the failure of task %s; retrying", task_id)
         finally:
             with self._guard:
-                self._driving.discard(task_id)
+                self._stepping.discard(task_id)
+        try:
+            self.schedule.release(task_id, next_at)
+        except redis.RedisError:
+            log.warning("could not release task %s; its lease lapses instead", task_id)
 
-    def _drive(self, task_id: str) -> None:
-        record = self.store.get(task_id)
+    def step(self, claim: Claim) -> float | None:
+        """One planning step of a claimed task; returns when to look again, None when done."""
+        record = self.store.get(claim.task_id)
         if record is None or record.status.terminal:
-            return
+            return None
+        if claim.taken_over_from:
+            events.publish(
+                self.redis,
+                record.id,
+                "task.resumed",
+                f"planner {self.owner} took the task over from {claim.taken_over_from}",
+            )
         parent = telemetry.extract(
             {"traceparent": record.traceparent} if record.traceparent else None
         )
         token = otel_context.attach(parent)
         try:
             with _tracer.start_as_current_span(
-                "task.plan", attributes={"agentmesh.task_id": task_id}
+                "task.plan",
+                attributes={"agentmesh.task_id": record.id, "agentmesh.planner": self.owner},
             ):
-                self._plan(record)
+                return self._advance(record)
         finally:
             otel_context.detach(token)
 
-    def _plan(self, record: TaskRecord) -> None:
+    def _advance(self, record: TaskRecord) -> float | None:
         task_id = record.id
         limits = record.limits
         deadline = record.created_at + limits.timeout_s
-        self.budget.open(task_id, limits.token_budget, ttl_s=int(limits.timeout_s) + 7 * 86_400)
         if record.status is TaskStatus.QUEUED:
+            self.budget.open(
+                task_id, limits.token_budget, ttl_s=int(limits.timeout_s) + keys.RETENTION_S
+            )
             self.store.update(task_id, lambda r: setattr(r, "status", TaskStatus.RUNNING))
             events.publish(self.redis, task_id, "task.running", "planning started")
         checkpoint = self.store.load_checkpoint(task_id)
-        state = LoopState.from_dict(json.loads(checkpoint)) if checkpoint else None
-        log.info(
-            "planning task %s",
-            task_id,
-            extra={"task_id": task_id, "resumed_at_step": state.steps if state else None},
+        state = (
+            LoopState.from_dict(json.loads(checkpoint))
+            if checkpoint
+            else LoopState(messages=[{"role": "user", "content": record.text}])
         )
         try:
             loop = AgentLoop(
                 client=self.llm(),
                 model=self.settings.model,
                 system=SYSTEM_PROMPT,
-                tools=[self._delegate_tool(record, deadline)],
+                tools=[DELEGATE_TOOL],
                 task_id=task_id,
                 max_steps=limits.max_steps,
                 deadline=deadline,
@@ -206,32 +303,49 @@ class Planner:
                 on_step=lambda step: self._on_step(task_id, step),
                 agent_name="orchestrator",
             )
-            outcome = loop.run(prompt=record.text, state=state)
+            return self._run_steps(record, state, loop, deadline)
         except (LLMNotConfiguredError, LoopLimitError) as err:
             self._finish(task_id, TaskStatus.FAILED, error=str(err))
         except CancelledError:
             self._finish(task_id, TaskStatus.CANCELLED, error="cancelled by request")
         except anthropic.APIError as err:
             self._finish(task_id, TaskStatus.FAILED, error=f"model call failed: {err}")
-        else:
-            subtasks = self._subtasks(task_id)
-            failed = [s for s in subtasks if s.status is TaskStatus.FAILED]
-            if subtasks and len(failed) == len(subtasks):
-                # Nothing the answer rests on was done: the task failed, with the reasons.
-                reasons = "; ".join(f"{s.role.value}: {s.error}" for s in failed)
-                self._finish(
-                    task_id,
-                    TaskStatus.FAILED,
-                    result=outcome.text,
-                    error=f"every subtask failed: {reasons}",
-                )
-                return
-            note = f" ({len(failed)} subtask(s) failed)" if failed else ""
-            self._finish(task_id, TaskStatus.SUCCEEDED, result=outcome.text, note=note)
+        return None
 
-    def _subtasks(self, task_id: str) -> list[SubtaskRecord]:
+    def _run_steps(
+        self, record: TaskRecord, state: LoopState, loop: AgentLoop, deadline: float
+    ) -> float | None:
+        """Model calls and tool results until the task waits on subtasks or ends."""
+        task_id = record.id
+        while True:
+            loop.check_cancelled()
+            if state.pending_tool_uses():
+                results, next_at = self._collect(record, state, deadline)
+                if results is None:
+                    return next_at
+                state.messages.append({"role": "user", "content": results})
+                self._checkpoint(task_id, state)
+                continue
+            if state.messages[-1]["role"] == "assistant":
+                self._conclude(task_id, final_text(state.messages[-1]))
+                return None
+            if not self.schedule.held(task_id):
+                raise LeaseLostError(task_id)
+            loop.call_model(state)
+
+    def _conclude(self, task_id: str, text: str) -> None:
         record = self.store.get(task_id)
-        return record.subtasks if record else []
+        subtasks = record.subtasks if record else []
+        failed = [s for s in subtasks if s.status is TaskStatus.FAILED]
+        if subtasks and len(failed) == len(subtasks):
+            # Nothing the answer rests on was done: the task failed, with the reasons.
+            reasons = "; ".join(f"{s.role.value}: {s.error}" for s in failed)
+            self._finish(
+                task_id, TaskStatus.FAILED, result=text, error=f"every subtask failed: {reasons}"
+            )
+            return
+        note = f" ({len(failed)} subtask(s) failed)" if failed else ""
+        self._finish(task_id, TaskStatus.SUCCEEDED, result=text, note=note)
 
     def _checkpoint(self, task_id: str, state: LoopState) -> None:
         self.store.save_checkpoint(task_id, json.dumps(state.to_dict()))
@@ -262,6 +376,10 @@ class Planner:
         error: str | None = None,
         note: str = "",
     ) -> None:
+        checkpoint = self.store.load_checkpoint(task_id)
+        planner_usage = LoopState.from_dict(json.loads(checkpoint)).usage if checkpoint else Usage()
+        ended: list[bool] = []
+
         def apply(r: TaskRecord) -> None:
             if r.status.terminal:
                 return
@@ -269,15 +387,14 @@ class Planner:
             r.result = result
             r.error = error
             r.finished_at = time.time()
-            checkpoint = self.store.load_checkpoint(task_id)
-            planner_usage = (
-                LoopState.from_dict(json.loads(checkpoint)).usage if checkpoint else Usage()
-            )
             r.usage = planner_usage + sum((s.usage for s in r.subtasks), Usage())
+            ended.append(True)
 
         try:
             self.store.update(task_id, apply)
         except KeyError:
+            return
+        if not ended:
             return
         metrics.tasks().add(1, {"status": status.value})
         log.info("task %s %s", task_id, status.value, extra={"task_id": task_id, "error": error})
@@ -290,53 +407,158 @@ class Planner:
             f"task {status.value}{note}" + (f": {error}" if error else ""),
         )
 
-    # -- delegation -------------------------------------------------------------------------
-    def _delegate_tool(self, record: TaskRecord, task_deadline: float) -> Tool[DelegateInput]:
-        def delegate(args: DelegateInput, ctx: ToolContext) -> str:
-            return self._delegate(args, ctx, task_deadline)
+    # -- delegations ----------------------------------------------------------------------
+    def _collect(
+        self, record: TaskRecord, state: LoopState, task_deadline: float
+    ) -> tuple[list[Message] | None, float]:
+        """Send the last turn's delegations not yet sent and gather their results.
 
-        return Tool(
-            name="delegate",
-            description=(
-                "Send a subtask to a worker: role 'researcher' investigates and stores findings "
-                "in shared memory; role 'coder' writes and runs Python. Returns the worker's result."
-            ),
-            input_model=DelegateInput,
-            fn=delegate,
-        )
-
-    def _delegate(self, args: DelegateInput, ctx: ToolContext, task_deadline: float) -> str:
-        task_id = ctx.task_id
-        subtask_id = subtask_id_for(task_id, ctx.tool_use_id)
-        record = self.store.get(task_id)
-        max_steps = record.limits.max_steps if record else self.settings.max_steps
-        deadline = min(task_deadline, time.time() + self.settings.subtask_timeout_s)
-        with _tracer.start_as_current_span(
-            "delegate",
-            attributes={"agentmesh.subtask_id": subtask_id, "agentmesh.role": args.role.value},
-        ):
-            sub = self._ensure_subtask(task_id, subtask_id, args)
-            if sub.dispatched_at is not None:
-                deadline = max(deadline, sub.dispatched_at + self.settings.subtask_timeout_s)
-            message = SubtaskMessage(
+        Returns the tool results when every delegation has an outcome, else None and
+        when to look again.
+        """
+        task_id = record.id
+        blocks = state.pending_tool_uses()
+        calls = [_Delegation(tool_use_id=str(b["id"])) for b in blocks]
+        unsent: list[SubtaskMessage] = []
+        known = {s.id: s for s in record.subtasks}
+        for call, block in zip(calls, blocks, strict=True):
+            if block.get("name") != DELEGATE_TOOL.name:
+                call.outcome = _error_block(call, f"unknown tool {block.get('name')!r}")
+                continue
+            try:
+                args = DelegateInput.model_validate(block.get("input", {}))
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}"
+                    for e in err.errors()
+                )
+                call.outcome = _error_block(call, f"invalid input for delegate: {problems}")
+                continue
+            call.subtask_id = subtask_id_for(task_id, call.tool_use_id)
+            sub = known.get(call.subtask_id)
+            sent_at = sub.dispatched_at if sub is not None else None
+            deadline = min(
+                task_deadline, (sent_at or time.time()) + self.settings.subtask_timeout_s
+            )
+            call.give_up_at = deadline + RESULT_GRACE_S
+            call.message = SubtaskMessage(
                 task_id=task_id,
-                subtask_id=subtask_id,
+                subtask_id=call.subtask_id,
                 role=args.role,
                 instruction=args.instruction,
-                max_steps=max_steps,
+                max_steps=record.limits.max_steps,
                 deadline=deadline,
             )
-            if sub.dispatched_at is None:
+            if sent_at is None:
+                unsent.append(call.message)
+        if unsent:
+            record.subtasks = self._delegate(task_id, unsent)
+
+        sent = [c for c in calls if c.outcome is None and c.message is not None]
+        views = self.handoff.snapshot([cast("str", c.subtask_id) for c in sent])
+        changes: dict[str, dict[str, Any]] = {}
+        for call in sent:
+            assert call.message is not None and call.subtask_id is not None
+            view = views[call.subtask_id]
+            call.outcome, change = self._judge(record, call, view)
+            if change:
+                changes[call.subtask_id] = change
+        if changes:
+            self._apply_subtask_changes(task_id, changes)
+        if all(c.outcome is not None for c in calls):
+            return [cast("Message", c.outcome) for c in calls], time.time()
+        waiting = [c.give_up_at for c in calls if c.outcome is None]
+        return None, min([time.time() + self.settings.plan_recheck_s, *waiting])
+
+    def _judge(
+        self, record: TaskRecord, call: _Delegation, view: SubtaskView
+    ) -> tuple[Message | None, dict[str, Any]]:
+        """The tool result of one sent delegation, if it has one, and what to record."""
+        assert call.message is not None and call.subtask_id is not None
+        sub = next((s for s in record.subtasks if s.id == call.subtask_id), None)
+        if sub is not None and sub.status is TaskStatus.FAILED and view.result is None:
+            return _error_block(call, f"delegate failed: {sub.error}"), {}
+        if view.result is not None:
+            return _result_block(call, view.result), _result_changes(view.result)
+        now = time.time()
+        if view.started is not None and not view.leased:
+            resends = (sub.resends if sub else 0) + 1
+            if resends > MAX_RESENDS:
+                error = f"lost its worker {resends} times (last: {view.started.worker})"
+                return _error_block(call, f"delegate failed: {error}"), {
+                    "status": TaskStatus.FAILED,
+                    "error": error,
+                    "finished_at": now,
+                }
+            log.warning(
+                "subtask %s lost its worker %s; sending it again",
+                call.subtask_id,
+                view.started.worker,
+            )
+            events.publish(
+                self.redis,
+                record.id,
+                "subtask.resent",
+                f"worker {view.started.worker} stopped renewing subtask {call.subtask_id}; sent again",
+                subtask_id=call.subtask_id,
+                worker=view.started.worker,
+            )
+            self.handoff.forget_start(call.subtask_id)
+            self._send(call.message)
+            return None, {
+                "status": TaskStatus.QUEUED,
+                "worker": None,
+                "resends": resends,
+                "dispatched_at": sub.dispatched_at if sub else now,
+            }
+        if now > call.give_up_at:
+            error = f"no result within the subtask's time limit ({self.settings.subtask_timeout_s:.0f}s)"
+            return _error_block(call, f"delegate failed: {error}"), {
+                "status": TaskStatus.FAILED,
+                "error": error,
+                "finished_at": now,
+            }
+        if view.started is not None and sub is not None and sub.status is TaskStatus.QUEUED:
+            return None, {
+                "status": TaskStatus.RUNNING,
+                "worker": view.started.worker,
+                "started_at": view.started.at,
+            }
+        return None, {}
+
+    def _delegate(self, task_id: str, messages: list[SubtaskMessage]) -> list[SubtaskRecord]:
+        """Record the subtasks, then send them: a crash in between leaves them to send."""
+        if not self.schedule.held(task_id):
+            raise LeaseLostError(task_id)
+
+        def add(r: TaskRecord) -> None:
+            present = {s.id for s in r.subtasks}
+            r.subtasks.extend(
+                SubtaskRecord(id=m.subtask_id, role=m.role, instruction=m.instruction)
+                for m in messages
+                if m.subtask_id not in present
+            )
+
+        self.store.update(task_id, add)
+        sent_at: dict[str, dict[str, Any]] = {}
+        for message in messages:
+            with _tracer.start_as_current_span(
+                "delegate",
+                attributes={
+                    "agentmesh.subtask_id": message.subtask_id,
+                    "agentmesh.role": message.role.value,
+                },
+            ):
                 self._send(message)
-                events.publish(
-                    self.redis,
-                    task_id,
-                    "subtask.queued",
-                    f"delegated {args.role.value} subtask {subtask_id}",
-                    subtask_id=subtask_id,
-                )
-            result = self._await_result(message, deadline + RESULT_GRACE_S)
-        return self._accept(task_id, result)
+            sent_at[message.subtask_id] = {"dispatched_at": time.time()}
+            events.publish(
+                self.redis,
+                task_id,
+                "subtask.queued",
+                f"delegated {message.role.value} subtask {message.subtask_id}",
+                subtask_id=message.subtask_id,
+            )
+        return self._apply_subtask_changes(task_id, sent_at).subtasks
 
     def _send(self, message: SubtaskMessage) -> None:
         with _tracer.start_as_current_span(
@@ -353,118 +575,52 @@ class Planner:
                 queue=message.role.queue,
                 headers=telemetry.inject(),
             )
-        self._set_subtask(message.task_id, message.subtask_id, dispatched_at=time.time())
 
-    def _ensure_subtask(self, task_id: str, subtask_id: str, args: DelegateInput) -> SubtaskRecord:
-        found: list[SubtaskRecord] = []
-
+    def _apply_subtask_changes(
+        self, task_id: str, changes: dict[str, dict[str, Any]]
+    ) -> TaskRecord:
         def apply(r: TaskRecord) -> None:
             for s in r.subtasks:
-                if s.id == subtask_id:
-                    found.append(s)
-                    return
-            sub = SubtaskRecord(id=subtask_id, role=args.role, instruction=args.instruction)
-            r.subtasks.append(sub)
-            found.append(sub)
-
-        self.store.update(task_id, apply)
-        return found[0]
-
-    def _set_subtask(self, task_id: str, subtask_id: str, **changes: Any) -> None:
-        def apply(r: TaskRecord) -> None:
-            for s in r.subtasks:
-                if s.id == subtask_id:
-                    for name, value in changes.items():
-                        setattr(s, name, value)
-
-        self.store.update(task_id, apply)
-
-    def _await_result(self, message: SubtaskMessage, give_up_at: float) -> SubtaskResult:
-        """Wait for the subtask's result, resending it if its worker dies.
-
-        A worker renews a lease on each subtask it runs; a lease that lapses without a
-        result means the worker died (SIGKILL, OOM, a lost host), so the subtask is
-        sent again at once instead of waiting for the broker's visibility timeout.
-        A late result of the first run is absorbed: the first result wins.
-        """
-        task_id, subtask_id = message.task_id, message.subtask_id
-        result_key = keys.subtask_result(subtask_id)
-        done_key = keys.subtask_done(subtask_id)
-        seen_start: dict[str, Any] | None = None
-        resends = 0
-        while True:
-            raw = cast("str | None", self.redis.get(result_key))
-            if raw is not None:
-                return SubtaskResult.model_validate_json(raw)
-            started = cast("str | None", self.redis.get(keys.subtask_started(subtask_id)))
-            if started is not None and seen_start is None:
-                seen_start = json.loads(started)
-                self._set_subtask(
-                    task_id,
-                    subtask_id,
-                    status=TaskStatus.RUNNING,
-                    worker=seen_start["worker"],
-                    started_at=seen_start["at"],
-                )
-            elif seen_start is not None and not self.redis.exists(keys.subtask_lease(subtask_id)):
-                if self.redis.exists(result_key):
+                change = changes.get(s.id)
+                if change is None or (s.status.terminal and "status" in change):
                     continue
-                resends += 1
-                if resends > MAX_RESENDS:
-                    error = f"lost its worker {resends} times (last: {seen_start['worker']})"
-                    self._set_subtask(task_id, subtask_id, status=TaskStatus.FAILED, error=error)
-                    raise ToolError(error)
-                log.warning(
-                    "subtask %s lost its worker %s; sending it again",
-                    subtask_id,
-                    seen_start["worker"],
-                )
-                events.publish(
-                    self.redis,
-                    task_id,
-                    "subtask.resent",
-                    f"worker {seen_start['worker']} stopped renewing subtask {subtask_id}; sent again",
-                    subtask_id=subtask_id,
-                    worker=seen_start["worker"],
-                )
-                self.redis.delete(keys.subtask_started(subtask_id))
-                seen_start = None
-                self._set_subtask(task_id, subtask_id, status=TaskStatus.QUEUED, worker=None)
-                self._send(message)
-            if self.redis.exists(keys.cancel_flag(task_id)):
-                raise ToolError("the task was cancelled")
-            remaining = give_up_at - time.time()
-            if remaining <= 0:
-                error = f"no result within the subtask's time limit ({self.settings.subtask_timeout_s:.0f}s)"
-                self._set_subtask(
-                    task_id,
-                    subtask_id,
-                    status=TaskStatus.FAILED,
-                    error=error,
-                    finished_at=time.time(),
-                )
-                raise ToolError(error)
-            self.redis.blpop([done_key], timeout=max(1, min(2, int(remaining))))
+                for name, value in change.items():
+                    setattr(s, name, value)
 
-    def _accept(self, task_id: str, result: SubtaskResult) -> str:
-        """Record a subtask's result once, and turn it into the tool result the planner sees."""
+        return self.store.update(task_id, apply)
 
-        def apply(r: TaskRecord) -> None:
-            for s in r.subtasks:
-                if s.id == result.subtask_id and not s.status.terminal:
-                    s.status = TaskStatus(result.status)
-                    s.worker = result.worker
-                    s.result = result.output or None
-                    s.error = result.error
-                    s.usage = result.usage
-                    s.steps = result.steps
-                    s.artifacts = result.artifacts
-                    s.started_at = result.started_at
-                    s.finished_at = result.finished_at
 
-        self.store.update(task_id, apply)
-        if result.status == "failed":
-            raise ToolError(
-                f"{result.role.value} subtask failed on {result.worker}: {result.error}"
-            )
-        return f"{result.role.value} ({result.worker}) finished:\n{result.output}"
+def _result_changes(result: SubtaskResult) -> dict[str, Any]:
+    return {
+        "status": TaskStatus(result.status),
+        "worker": result.worker,
+        "result": result.output or None,
+        "error": result.error,
+        "usage": result.usage,
+        "steps": result.steps,
+        "artifacts": result.artifacts,
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+    }
+
+
+def _result_block(call: _Delegation, result: SubtaskResult) -> Message:
+    if result.status == "failed":
+        return _error_block(
+            call,
+            f"delegate failed: {result.role.value} subtask failed on {result.worker}: {result.error}",
+        )
+    return {
+        "type": "tool_result",
+        "tool_use_id": call.tool_use_id,
+        "content": f"{result.role.value} ({result.worker}) finished:\n{result.output}",
+    }
+
+
+def _error_block(call: _Delegation, text: str) -> Message:
+    return {
+        "type": "tool_result",
+        "tool_use_id": call.tool_use_id,
+        "content": text,
+        "is_error": True,
+    }

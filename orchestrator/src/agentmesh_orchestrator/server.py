@@ -1,11 +1,15 @@
-"""``orchestrator serve``: the API server and the planner in one process."""
+"""``orchestrator serve`` (the API, and planning steps) and ``orchestrator plan`` (planning only)."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
+import threading
 
 import uvicorn
 from agentmesh_shared import metrics
+from agentmesh_shared.health import beat
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import Role
 from agentmesh_shared.settings import SettingsError, load_settings
@@ -15,15 +19,38 @@ from agentmesh_orchestrator.api import create_app
 from agentmesh_orchestrator.service import Services
 
 
-def run() -> None:
+def _services() -> Services:
     setup_logging("orchestrator")
     try:
         settings = load_settings()
     except SettingsError as err:
         print(f"orchestrator: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_telemetry("orchestrator")
-    services = Services.build(settings)
+    setup_telemetry("orchestrator", instance=settings.worker_hostname)
+    return Services.build(settings)
+
+
+def run_planner() -> None:
+    """A planning replica without the API: claims steps until SIGTERM or SIGINT."""
+    services = _services()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    services.planner.start()
+    beat(services.settings.heartbeat_file)
+    while not stop.wait(services.settings.heartbeat_interval_s):
+        try:
+            services.redis.ping()
+            beat(services.settings.heartbeat_file)
+        except Exception:
+            logging.getLogger("agentmesh.planner").exception("broker unreachable")
+    services.planner.shutdown()
+    shutdown_telemetry()
+
+
+def run() -> None:
+    services = _services()
+    settings = services.settings
     queues = [role.queue for role in Role]
     metrics.observe(
         "agentmesh.queue.depth",

@@ -1,24 +1,53 @@
 """Task records in Redis: the durable truth about every accepted task.
 
-Only the orchestrator writes records; workers report through their own result keys.
-Updates of one task are serialised by a per-task lock, because the parallel
-delegations of one task finish on different threads.
+Only the planner writes records after creation, under the task's planning lease;
+workers report through the hand-off. An update is still a guarded read-modify-write
+(compare and swap), so a replica that lost its lease while it paused cannot overwrite a
+newer record without noticing. Creation admits a task only while fewer than the
+configured number of tasks are unfinished, checked and recorded atomically.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
-from agentmesh_shared import keys
+from agentmesh_shared import handoff, keys
 from agentmesh_shared.models import TaskRecord, TaskStatus
 
-ACTIVE = f"{keys.PREFIX}:tasks:active"  # set of ids not yet terminal
+ACTIVE = keys.ACTIVE_TASKS
+
+# KEYS: active, record, index, due; ARGV: id, record json, created_at, limit.
+# Returns -1 when admitted, else the number of unfinished tasks.
+_ADMIT = """
+local active = redis.call('SCARD', KEYS[1])
+if active >= tonumber(ARGV[4]) then return active end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[1])
+return -1
+"""
+
+
+# KEYS: record, active; ARGV: expected json, new json, terminal (0/1), id.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[4]) end
+return 1
+"""
+
+
+class AdmissionRefusedError(Exception):
+    """The mesh holds as many unfinished tasks as it admits."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} unfinished tasks, limit {limit}")
+        self.active = active
+        self.limit = limit
 
 
 def idempotency_key(key: str) -> str:
@@ -28,55 +57,98 @@ def idempotency_key(key: str) -> str:
 class TaskStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
-        self._locks_guard = threading.Lock()
+        self._admit = client.register_script(_ADMIT)
+        self._swap = client.register_script(_SWAP)
 
-    @contextmanager
-    def _lock(self, task_id: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks[task_id]
-        with lock:
-            yield
+    def create(
+        self, record: TaskRecord, idempotency: str | None = None, *, limit: int
+    ) -> TaskRecord:
+        """Store a new record and schedule its first planning step.
 
-    def create(self, record: TaskRecord, idempotency: str | None = None) -> TaskRecord:
-        """Store a new record; with an idempotency key, return the task it already names."""
+        With an idempotency key, return the task it already names. Past ``limit``
+        unfinished tasks, raise :class:`AdmissionRefusedError` and store nothing.
+        """
         if idempotency is not None:
             claimed = self.redis.set(
-                idempotency_key(idempotency), record.id, nx=True, ex=7 * 86_400
+                idempotency_key(idempotency), record.id, nx=True, ex=keys.RETENTION_S
             )
             if not claimed:
                 existing_id = cast("str | None", self.redis.get(idempotency_key(idempotency)))
                 existing = self.get(existing_id) if existing_id else None
                 if existing is not None:
                     return existing
-        pipe = self.redis.pipeline()
-        pipe.set(keys.task(record.id), record.model_dump_json())
-        pipe.zadd(keys.TASK_INDEX, {record.id: record.created_at})
-        pipe.sadd(ACTIVE, record.id)
-        pipe.execute()
+        active = int(
+            cast(
+                "int",
+                self._admit(
+                    keys=[ACTIVE, keys.task(record.id), keys.TASK_INDEX, keys.PLAN_DUE],
+                    args=[record.id, record.model_dump_json(), record.created_at, limit],
+                ),
+            )
+        )
+        if active >= 0:
+            if idempotency is not None:
+                self.redis.delete(idempotency_key(idempotency))
+            raise AdmissionRefusedError(active, limit)
         return record
+
+    def make_room(self, cap: int, scan: int = 1000) -> int:
+        """Keep at most ``cap - 1`` stored tasks by expiring the oldest finished ones.
+
+        Returns how many tasks are stored afterwards. Unfinished tasks are never
+        expired: when the oldest ``scan`` are all unfinished, nothing is, and the
+        caller refuses the new task instead.
+        """
+        stored = int(self.redis.zcard(keys.TASK_INDEX))
+        excess = stored - cap + 1
+        if excess <= 0:
+            return stored
+        oldest = cast("list[str]", self.redis.zrange(keys.TASK_INDEX, 0, max(excess, scan) - 1))
+        active = cast("list[int]", self.redis.smismember(ACTIVE, oldest)) if oldest else []
+        finished = [tid for tid, is_active in zip(oldest, active, strict=True) if not is_active]
+        doomed = finished[:excess]
+        if not doomed:
+            return stored
+        pipe = self.redis.pipeline()
+        for tid in doomed:
+            record = self.get(tid)
+            subtasks = [s.id for s in record.subtasks] if record is not None else []
+            pipe.delete(
+                keys.task(tid),
+                keys.task_events(tid),
+                keys.checkpoint(tid),
+                keys.cancel_flag(tid),
+                keys.budget(tid),
+                keys.task_lease(tid),
+                keys.task_stepping(tid),
+                *(k(sid) for sid in subtasks for k in handoff.SUBTASK_KEYS),
+            )
+            pipe.zrem(keys.TASK_INDEX, tid)
+            pipe.zrem(keys.PLAN_DUE, tid)
+        pipe.execute()
+        return stored - len(doomed)
 
     def get(self, task_id: str) -> TaskRecord | None:
         raw = cast("str | None", self.redis.get(keys.task(task_id)))
         return TaskRecord.model_validate_json(raw) if raw else None
 
-    def save(self, record: TaskRecord) -> None:
-        record.updated_at = time.time()
-        pipe = self.redis.pipeline()
-        pipe.set(keys.task(record.id), record.model_dump_json())
-        if record.status.terminal:
-            pipe.srem(ACTIVE, record.id)
-        pipe.execute()
-
     def update(self, task_id: str, change: Callable[[TaskRecord], Any]) -> TaskRecord:
-        with self._lock(task_id):
-            record = self.get(task_id)
-            if record is None:
+        """Apply ``change`` to the stored record; retried if the record changed meanwhile."""
+        key = keys.task(task_id)
+        while True:
+            raw = cast("str | None", self.redis.get(key))
+            if raw is None:
                 msg = f"unknown task {task_id}"
                 raise KeyError(msg)
+            record = TaskRecord.model_validate_json(raw)
             change(record)
-            self.save(record)
-            return record
+            record.updated_at = time.time()
+            swapped = self._swap(
+                keys=[key, ACTIVE],
+                args=[raw, record.model_dump_json(), int(record.status.terminal), task_id],
+            )
+            if swapped:
+                return record
 
     def recent(self, limit: int = 50, status: TaskStatus | None = None) -> list[TaskRecord]:
         ids = cast("list[str]", self.redis.zrevrange(keys.TASK_INDEX, 0, max(limit * 4, limit) - 1))
@@ -91,9 +163,12 @@ class TaskStore:
     def active_ids(self) -> list[str]:
         return sorted(cast("set[str]", self.redis.smembers(ACTIVE)))
 
+    def active_count(self) -> int:
+        return self.redis.scard(ACTIVE)
+
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, task_id: str, payload: str) -> None:
-        self.redis.set(keys.checkpoint(task_id), payload, ex=7 * 86_400)
+        self.redis.set(keys.checkpoint(task_id), payload, ex=keys.RETENTION_S)
 
     def load_checkpoint(self, task_id: str) -> str | None:
         return cast("str | None", self.redis.get(keys.checkpoint(task_id)))

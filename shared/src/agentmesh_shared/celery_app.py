@@ -5,6 +5,11 @@ redelivery when a worker dies; prefetch 1 so a busy worker does not hoard messag
 a visibility timeout longer than the longest subtask, so a slow subtask is not
 redelivered while it still runs; results travel through our own Redis keys, so the
 Celery result backend is off.
+
+A worker (``consumer=<role>``) keeps the messages it has reserved but not yet
+acknowledged under keys of its own queue (``unacked:<queue>``, ...), not in the
+transport's one shared ``unacked`` hash: each role's broker user can then be allowed
+its own reserved messages and denied the other role's (docker/broker/acl.sh).
 """
 
 from __future__ import annotations
@@ -16,9 +21,20 @@ from agentmesh_shared.models import QUEUE_BY_ROLE, TASK_NAME_BY_ROLE, Role
 from agentmesh_shared.settings import Settings
 
 
-def create_celery_app(settings: Settings, name: str = "agentmesh") -> Celery:
+def create_celery_app(
+    settings: Settings, name: str = "agentmesh", *, consumer: Role | None = None
+) -> Celery:
     app = Celery(name, broker=settings.redis_connection_url(), set_as_current=False)
+    reserved: dict[str, str] = {}
+    if consumer is not None:
+        reserved = {
+            f"{key}_key": f"{key}:{consumer.queue}"
+            for key in ("unacked", "unacked_index", "unacked_mutex")
+        }
     app.conf.update(
+        # kombu's Redis transport, except that a malformed message is dead-lettered
+        # where it is read instead of killing the consumer (see broker_transport).
+        broker_transport="agentmesh_shared.broker_transport:Transport",
         task_serializer="json",
         accept_content=["json"],
         event_serializer="json",
@@ -39,6 +55,7 @@ def create_celery_app(settings: Settings, name: str = "agentmesh") -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_keepalive": True,
             "health_check_interval": 30,
+            **reserved,
         },
         worker_soft_shutdown_timeout=min(settings.subtask_timeout_s, 60.0),
         worker_enable_soft_shutdown_on_idle=True,

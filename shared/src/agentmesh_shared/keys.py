@@ -4,7 +4,14 @@ PREFIX = "agentmesh"
 
 TASK_INDEX = f"{PREFIX}:tasks"  # sorted set: task id -> created_at
 DEAD_LETTER = f"{PREFIX}:deadletter"  # list of JSON entries: {reason, payload, at}
+DEAD_LETTER_TOTAL = f"{PREFIX}:deadletter:total"  # counter: messages ever dead-lettered
 WORKER_INDEX = f"{PREFIX}:workers"  # hash: hostname -> WorkerInfo JSON
+ACTIVE_TASKS = f"{PREFIX}:tasks:active"  # set of task ids not yet terminal
+PLAN_DUE = f"{PREFIX}:plan:due"  # sorted set: task id -> when its next planning step is due
+PLAN_DOORBELL = f"{PREFIX}:plan:doorbell"  # list: wakes an idle planner at once
+
+# How long records, results, checkpoints and idempotency keys are kept.
+RETENTION_S = 7 * 24 * 3600
 
 
 def task(task_id: str) -> str:
@@ -27,17 +34,21 @@ def budget(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:budget"
 
 
-def subtask_result(subtask_id: str) -> str:
-    return f"{PREFIX}:subtask:{subtask_id}:result"
+def task_lease(task_id: str) -> str:
+    """Held by the planner replica running the task's current step."""
+    return f"{PREFIX}:task:{task_id}:lease"
 
 
-def subtask_done(subtask_id: str) -> str:
-    return f"{PREFIX}:subtask:{subtask_id}:done"
+def task_stepping(task_id: str) -> str:
+    """Names the replica inside a step; outlives a replica that died mid-step."""
+    return f"{PREFIX}:task:{task_id}:stepping"
 
 
-def subtask_started(subtask_id: str) -> str:
-    return f"{PREFIX}:subtask:{subtask_id}:started"
+def gateway_usage(role: str) -> str:
+    """hash: calls, errors, input_tokens, output_tokens of one role's model calls."""
+    return f"{PREFIX}:gateway:usage:{role}"
 
 
-def subtask_lease(subtask_id: str) -> str:
-    return f"{PREFIX}:subtask:{subtask_id}:lease"
+def gateway_task_usage(task_id: str) -> str:
+    """hash: <role>.calls, <role>.input_tokens, ... of one task's model calls."""
+    return f"{PREFIX}:gateway:task:{task_id}"

@@ -137,6 +137,7 @@ class SubtaskRecord(Strict):
     dispatched_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    resends: int = 0  # sent again after its worker stopped renewing its lease
 
 
 class TaskRecord(Strict):

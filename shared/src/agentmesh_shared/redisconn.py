@@ -3,11 +3,21 @@
 Commands are retried with exponential backoff on connection errors for about half a
 minute, so a Redis restart (AOF keeps the data) is ridden out instead of failing
 every task that touched Redis while it was down.
+
+The socket timeout is explicit and longer than any blocking command we send
+(:data:`MAX_BLOCK_S` plus a margin). redis-py 8 defaults it to 5 s: an
+``XREAD BLOCK 5000`` then timed out on the client just before Redis answered, and
+the retry policy (which retries timeouts, as it must for a restarting Redis) sent
+the same 5 s block again on a fresh connection, so a long-poll of ``wait=5``
+answered after 10, 20 or 47 s, or not at all. Every blocking call must therefore
+block for at most ``MAX_BLOCK_S``.
 """
 
 from __future__ import annotations
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,6 +27,16 @@ from redis.retry import Retry
 from agentmesh_shared.settings import Settings
 
 RETRIES = 25  # with the backoff below: ~30 s in all
+MAX_BLOCK_S = 30.0  # the longest BLPOP/XREAD block any caller may ask for
+SOCKET_TIMEOUT_S = MAX_BLOCK_S + 10.0
+
+
+def _retry() -> Retry:
+    return Retry(
+        ExponentialBackoff(cap=2.0, base=0.05),
+        RETRIES,
+        supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError, TimeoutError),
+    )
 
 
 def connect(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
@@ -25,11 +45,6 @@ def connect(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
     redis-py caps a pool at 100 connections by default; a worker with more threads
     than that would block on the pool, so the size follows the concurrency.
     """
-    retry = Retry(
-        ExponentialBackoff(cap=2.0, base=0.05),
-        RETRIES,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError, TimeoutError),
-    )
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_connection_url(),
         max_connections=max_connections,
@@ -38,6 +53,27 @@ def connect(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
         health_check_interval=30,
         socket_keepalive=True,
         socket_connect_timeout=5,
-        retry=retry,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        retry=_retry(),
     )
     return redis.Redis(connection_pool=pool)
+
+
+def connect_async(settings: Settings, *, max_connections: int = 1000) -> redis.asyncio.Redis:
+    """An asyncio client (one event loop): a waiting long-poll costs a coroutine, not a thread."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        settings.redis_connection_url(),
+        max_connections=max_connections,
+        timeout=30,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        retry=AsyncRetry(
+            ExponentialBackoff(cap=2.0, base=0.05),
+            RETRIES,
+            supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError),
+        ),
+    )
+    return redis.asyncio.Redis(connection_pool=pool)

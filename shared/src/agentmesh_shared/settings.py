@@ -27,9 +27,15 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _secrets_dir() -> str | None:
+def secrets_dir() -> Path | None:
+    """Where secret files are mounted (``AGENTMESH_SECRETS_DIR``, else /run/secrets)."""
     path = Path(os.environ.get("AGENTMESH_SECRETS_DIR", "/run/secrets"))
-    return str(path) if path.is_dir() else None
+    return path if path.is_dir() else None
+
+
+def _secrets_dir() -> str | None:
+    path = secrets_dir()
+    return str(path) if path is not None else None
 
 
 def _env(name: str) -> AliasChoices:
@@ -64,7 +70,14 @@ class Settings(BaseSettings):
     chroma_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8000"), validation_alias=_env("CHROMA_URL")
     )
+    # Sent as a bearer token to the memory service's authenticating front.
+    chroma_token: SecretStr | None = Field(None, validation_alias=_env("CHROMA_TOKEN"))
     memory_collection: str = Field("agentmesh-memory", min_length=3, max_length=63)
+    # The memory service's authenticating front (agentmesh_orchestrator.memory_gate).
+    memory_gate_upstream: HttpUrl = HttpUrl("http://127.0.0.1:8001")
+    memory_gate_host: str = "127.0.0.1"
+    memory_gate_port: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    memory_gate_max_body_mb: PositiveInt = 32
 
     # --- the model ------------------------------------------------------------------
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
@@ -73,15 +86,58 @@ class Settings(BaseSettings):
     llm_max_tokens: PositiveInt = 4096
     llm_timeout_s: PositiveFloat = 120.0
     llm_max_retries: Annotated[int, Field(ge=0, le=10)] = 4
+    # This service's credential for the model gateway (secret file
+    # ``agentmesh_gateway_token``): with it, ANTHROPIC_BASE_URL is the gateway and the
+    # vendor key stays there.
+    gateway_token: SecretStr | None = None
+    # The gateway's own settings: where it forwards the Messages API, where it listens.
+    gateway_upstream: HttpUrl = HttpUrl("https://api.anthropic.com")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Annotated[int, Field(gt=0, lt=65536)] = 8070
+
+    # --- egress ---------------------------------------------------------------------
+    # The egress proxy (http://host:port) and this service's user and password there
+    # (secret file ``agentmesh_egress_password``); unset means a direct connection.
+    egress_proxy: HttpUrl | None = None
+    egress_user: str = ""
+    egress_password: SecretStr | None = None
 
     # --- API and CLI ----------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(gt=0, lt=65536)] = 8080
     api_url: HttpUrl = HttpUrl("http://127.0.0.1:8080")
+    # Flower's basic auth, user:password (secret flower_basic_auth).
+    flower_basic_auth: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AGENTMESH_FLOWER_BASIC_AUTH", "flower_basic_auth")
+    )
+    # The bearer token every API call but /healthz and /readyz must carry (secret api_token).
+    api_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AGENTMESH_API_TOKEN", "api_token")
+    )
     max_task_chars: PositiveInt = 8000
     # Where the collector keeps traces (OTLP/JSON lines), read by `orchestrator trace`.
     traces_file: Path = Path("/var/lib/otel/traces.jsonl")
-    planner_concurrency: PositiveInt = 16
+    # Planning steps one replica runs at once (each is mostly a model call). Tasks
+    # waiting on subtasks hold no step: they are bounded by max_active_tasks only.
+    # 0 on `orchestrator serve` makes an API-only replica.
+    planner_concurrency: Annotated[int, Field(ge=0)] = 64
+    # Unfinished tasks the mesh admits; past it, POST /tasks answers 429.
+    max_active_tasks: PositiveInt = 5000
+    admission_retry_after_s: PositiveInt = 5
+    # A planner replica's lease on the task it steps; a dead replica's task is taken
+    # over once the lease lapses.
+    plan_lease_s: Annotated[float, Field(ge=3)] = 15.0
+    # How often a task waiting on subtasks is looked at without a worker's report
+    # (to resend a subtask whose worker died, or fail one past its deadline).
+    plan_recheck_s: PositiveFloat = 10.0
+
+    # --- flood limits (per credential: see agentmesh_orchestrator.limits) ------------
+    api_rate_per_s: PositiveFloat = 20.0  # sustained requests a second
+    api_burst: PositiveInt = 40  # requests allowed at once above the sustained rate
+    api_concurrency: PositiveInt = 16  # requests in flight at once, long-polls included
+    max_stored_tasks: PositiveInt = 10_000  # past this, the oldest finished are expired
+    # Fraction of Redis's maxmemory above which new tasks are refused and /readyz degrades.
+    redis_memory_high_water: Annotated[float, Field(gt=0, lt=1)] = 0.8
 
     # --- per-task limits (defaults; overridable per task) ---------------------------
     max_steps: PositiveInt = 12
@@ -99,9 +155,10 @@ class Settings(BaseSettings):
     stall_timeout_s: PositiveFloat = 300.0
 
     # --- researcher -----------------------------------------------------------------
-    fetch_allowlist: str = ""  # comma-separated host globs; empty allows any host
+    fetch_allowlist: str = ""  # comma-separated host globs; empty means no fetching
     fetch_max_bytes: PositiveInt = 512_000
-    fetch_timeout_s: PositiveFloat = 15.0
+    fetch_timeout_s: PositiveFloat = 15.0  # the whole fetch, every redirect hop included
+    fetch_max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
 
     # --- coder sandbox --------------------------------------------------------------
     scratch_root: Path = Path("/tmp/agentmesh-scratch")  # noqa: S108 - tmpfs in containers
@@ -111,8 +168,23 @@ class Settings(BaseSettings):
     sandbox_file_mb: PositiveInt = 8
     sandbox_output_bytes: PositiveInt = 64_000
     sandbox_wall_s: PositiveFloat = 30.0
+    # The sandbox service: its replicas' sockets (a volume shared with the coder only),
+    # where its runs' directories go, and how many runs one replica holds at once.
+    sandbox_socket_dir: Path = Path("/run/agentmesh-sandbox")
+    sandbox_scratch_root: Path = Path("/tmp/agentmesh-runs")  # noqa: S108 - tmpfs in containers
+    sandbox_concurrency: PositiveInt = 4
+    sandbox_replica: str = ""  # this replica's socket name; empty: the host name
 
-    @field_validator("anthropic_api_key", "redis_password", mode="before")
+    @field_validator(
+        "anthropic_api_key",
+        "redis_password",
+        "gateway_token",
+        "egress_password",
+        "api_token",
+        "chroma_token",
+        "flower_basic_auth",
+        mode="before",
+    )
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         """An empty secret file (``make up`` creates one as a placeholder) means "not set"."""
@@ -145,7 +217,19 @@ class Settings(BaseSettings):
 
     @property
     def llm_configured(self) -> bool:
-        return self.anthropic_api_key is not None
+        """A key of our own, or a gateway credential (the gateway then holds the key)."""
+        return self.anthropic_api_key is not None or self.gateway_token is not None
+
+    def egress_proxy_url(self) -> str | None:
+        """The egress proxy's URL with this service's user and password, if configured."""
+        proxy = self.egress_proxy
+        if proxy is None:
+            return None
+        auth = ""
+        if self.egress_user and self.egress_password is not None:
+            password = quote(self.egress_password.get_secret_value(), safe="")
+            auth = f"{quote(self.egress_user, safe='')}:{password}@"
+        return f"{proxy.scheme}://{auth}{proxy.host}:{proxy.port or 3128}"
 
     def redis_connection_url(self) -> str:
         """The Redis URL with the password from the secret, if the URL carries none."""
@@ -167,7 +251,7 @@ def _describe(err: ValidationError) -> str:
         name = str(loc[0])
         var = name.upper() if name.upper() in _UNPREFIXED else f"AGENTMESH_{name.upper()}"
         value = item.get("input")
-        shown = "" if "password" in name or "key" in name else f" (got {value!r})"
+        shown = "" if name.endswith(("password", "key", "_token", "_auth")) else f" (got {value!r})"
         lines.append(f"{var}: {item['msg']}{shown}")
     return "invalid configuration: " + "; ".join(lines)
 
@@ -176,6 +260,7 @@ _UNPREFIXED = {
     "REDIS_URL",
     "REDIS_PASSWORD",
     "CHROMA_URL",
+    "CHROMA_TOKEN",
     "ANTHROPIC_API_KEY",
     "ANTHROPIC_BASE_URL",
 }

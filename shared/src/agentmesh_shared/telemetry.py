@@ -94,6 +94,17 @@ def shutdown_telemetry() -> None:
         meter_provider.shutdown(timeout_millis=5_000)
 
 
+def span_processor() -> SpanProcessor | None:
+    """The installed provider's span processor (None before ``setup_telemetry``).
+
+    For spans recorded by a process that cannot export them itself: the sandbox has
+    no network, records its span of a run and hands it back to the coder.
+    """
+    with _lock:
+        provider = _tracer_provider
+    return provider._active_span_processor if provider is not None else None
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name, VERSION)
 

@@ -1,63 +1,43 @@
-"""Running untrusted Python in a per-subtask scratch directory.
+"""The coder's side of the sandbox service: code never runs in the coder's container.
 
-Each run is a fresh ``python -I`` child in its own session and process group, with
-rlimits on CPU time, address space, processes, file size and open files, a wall
-clock enforced by the parent (the whole group is killed), and output captured up to
-a byte limit. Before the code starts, the child installs a seccomp filter that
-refuses every socket except AF_UNIX, so the code has no network even though the
-worker itself talks to the broker. All of it is set up by a small launcher that runs
-in the child before ``exec``, so no ``preexec_fn`` runs in the threaded worker.
+``Sandbox.run_python`` sends the subtask's files and the script to run to one replica
+of the ``sandbox`` service over its unix socket (``<socket dir>/<replica>.sock``),
+trying the replicas in random order and skipping any that does not answer (a
+stopped replica leaves its socket file behind). The reply carries the run's outcome,
+the files as the run left them, and the sandbox's span of the run, which is exported
+here under the ``sandbox`` service so the task's trace shows the hop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
+import random
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentmesh_shared import telemetry
 from agentmesh_shared.settings import Settings
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-# The launcher runs inside the child, before the user's code. It is plain Python
-# (stdlib + ctypes) so it needs nothing from the worker's environment.
-_LAUNCHER = r"""
-import ctypes, json, os, platform, resource, struct, sys
-cfg = json.loads(sys.argv[1])
-for name, value in cfg["rlimits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-# seccomp: socket(domain != AF_UNIX) -> EACCES
-ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
-arch = ARCH.get(platform.machine())
-if arch is None:
-    sys.exit("sandbox: unsupported architecture " + platform.machine())
-audit_arch, nr_socket = arch
-def stmt(code, k): return struct.pack("HBBI", code, 0, 0, k)
-def jump(code, k, jt, jf): return struct.pack("HBBI", code, jt, jf, k)
-LD, JEQ, RET = 0x20, 0x15, 0x06
-ALLOW, KILL, ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
-prog = b"".join([
-    stmt(LD, 4), jump(JEQ, audit_arch, 1, 0), stmt(RET, KILL),
-    stmt(LD, 0), jump(JEQ, nr_socket, 0, 4),
-    stmt(LD, 16), jump(JEQ, 1, 0, 1), stmt(RET, ALLOW),
-    stmt(RET, ERRNO | 13),
-    stmt(RET, ALLOW),
-])
-buf = ctypes.create_string_buffer(prog)
-class SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
-        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-    sys.exit("sandbox: could not install the network filter: errno %d" % ctypes.get_errno())
-os.execv(sys.executable, [sys.executable, "-I", "-B", *cfg["argv"]])
-"""
+from agentmesh_coder.sandbox_protocol import (
+    ProtocolError,
+    Reply,
+    RunRequest,
+    SpanRecord,
+    recv_frame,
+    send_frame,
+)
+
+_tracer = telemetry.tracer("agentmesh.coder.sandbox")
+CONNECT_TIMEOUT_S = 3.0
+# Beyond the run's wall clock: the server's own work and a queue for a free slot.
+REPLY_MARGIN_S = 60.0
+
+
+class SandboxUnavailableError(RuntimeError):
+    """No replica of the sandbox service answered."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +48,8 @@ class RunResult:
     duration_s: float
     timed_out: bool
     truncated: bool
+    files: dict[str, str] = field(default_factory=dict)
+    replica: str = ""
 
     def describe(self) -> str:
         status = "timed out" if self.timed_out else f"exit code {self.exit_code}"
@@ -82,61 +64,96 @@ class RunResult:
 
 
 class Sandbox:
-    def __init__(self, settings: Settings, workdir: Path) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.workdir = workdir
 
-    def rlimits(self) -> dict[str, int]:
-        s = self.settings
-        return {
-            "RLIMIT_CPU": s.sandbox_cpu_s,
-            "RLIMIT_AS": s.sandbox_memory_mb * 1024 * 1024,
-            "RLIMIT_NPROC": s.sandbox_max_procs,
-            "RLIMIT_FSIZE": s.sandbox_file_mb * 1024 * 1024,
-            "RLIMIT_NOFILE": 256,
-            "RLIMIT_CORE": 0,
-        }
+    def replicas(self) -> list[Path]:
+        sockets = sorted(self.settings.sandbox_socket_dir.glob("*.sock"))
+        random.shuffle(sockets)
+        return sockets
 
-    def run_python(self, script: str, args: list[str] | None = None, stdin: str = "") -> RunResult:
-        cfg = {"rlimits": self.rlimits(), "argv": [script, *(args or [])]}
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(self.workdir),
-            "TMPDIR": str(self.workdir),
-            "LANG": "C.UTF-8",
-            "PYTHONIOENCODING": "utf-8",
-        }
-        limit = self.settings.sandbox_output_bytes
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
-            cwd=self.workdir,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
-        timed_out = False
-        try:
-            out, err = proc.communicate(stdin.encode(), timeout=self.settings.sandbox_wall_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            out, err = proc.communicate()
-        duration = time.monotonic() - started
-        truncated = len(out) > limit or len(err) > limit
-        return RunResult(
-            exit_code=None if timed_out else proc.returncode,
-            stdout=out[:limit].decode("utf-8", errors="replace"),
-            stderr=err[:limit].decode("utf-8", errors="replace"),
-            duration_s=duration,
-            timed_out=timed_out,
-            truncated=truncated,
-        )
+    def run_python(
+        self,
+        script: str,
+        args: list[str] | None = None,
+        stdin: str = "",
+        files: dict[str, str] | None = None,
+    ) -> RunResult:
+        with _tracer.start_as_current_span("sandbox call", kind=SpanKind.CLIENT) as span:
+            request = RunRequest(
+                script=script,
+                args=args or [],
+                stdin=stdin,
+                files=files or {},
+                traceparent=telemetry.inject().get("traceparent"),
+            )
+            reply = self._call(request)
+            span.set_attribute("sandbox.replica", reply.replica)
+            if reply.span is not None:
+                export_span(reply.span)
+            if not reply.ok or reply.outcome is None:
+                raise SandboxUnavailableError(f"sandbox {reply.replica}: {reply.error}")
+            o = reply.outcome
+            return RunResult(
+                exit_code=o.exit_code,
+                stdout=o.stdout,
+                stderr=o.stderr,
+                duration_s=o.duration_s,
+                timed_out=o.timed_out,
+                truncated=o.truncated,
+                files=o.files,
+                replica=reply.replica,
+            )
+
+    def _call(self, request: RunRequest) -> Reply:
+        tried: list[str] = []
+        for path in self.replicas():
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.settimeout(CONNECT_TIMEOUT_S)
+                try:
+                    conn.connect(str(path))
+                except OSError as err:
+                    tried.append(f"{path.name}: {err.strerror or err}")
+                    continue
+                conn.settimeout(self.settings.sandbox_wall_s + REPLY_MARGIN_S)
+                send_frame(conn, request)
+                return Reply.model_validate_json(recv_frame(conn))
+            except (OSError, ProtocolError) as err:
+                raise SandboxUnavailableError(f"sandbox {path.name} failed mid-run: {err}") from err
+            finally:
+                conn.close()
+        where = self.settings.sandbox_socket_dir
+        detail = "; ".join(tried) if tried else "no sockets there"
+        msg = f"no sandbox replica answers in {where} ({detail}): is the sandbox service up?"
+        raise SandboxUnavailableError(msg)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def export_span(record: SpanRecord) -> None:
+    """Export the sandbox's own span of a run (ids and times recorded by the sandbox)."""
+    processor = telemetry.span_processor()
+    if processor is None:
+        return
+    parent = SpanContext(
+        int(record.trace_id, 16),
+        int(record.parent_span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(record.trace_flags),
+    )
+    span = ReadableSpan(
+        name=record.name,
+        context=SpanContext(
+            int(record.trace_id, 16),
+            int(record.span_id, 16),
+            is_remote=False,
+            trace_flags=TraceFlags(record.trace_flags),
+        ),
+        parent=parent,
+        resource=telemetry.resource_for("sandbox", str(record.attributes.get("sandbox.replica"))),
+        attributes=dict(record.attributes),
+        kind=trace.SpanKind.SERVER,
+        status=Status(StatusCode.ERROR, record.error) if record.error else Status(StatusCode.OK),
+        start_time=record.start_ns,
+        end_time=record.end_ns,
+    )
+    processor.on_end(span)

@@ -1,9 +1,10 @@
 """The coder: a Celery consumer of the ``code`` queue.
 
 Its loop searches shared memory (so what research found informs the code), writes,
-reads and lists files in a scratch directory of its own subtask, and runs Python
-there under the sandbox's limits. It returns the files it wrote and the real output
-of every run.
+reads and lists files in a scratch directory of its own subtask, and runs Python in
+the ``sandbox`` service (never in this container): each run gets the subtask's
+files, and the files it leaves come back here. It returns the files and the real
+output of every run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agentmesh_shared.models import Role, SubtaskMessage
 from agentmesh_shared.worker import WorkerRuntime, run_worker
 from pydantic import BaseModel, Field
 
-from agentmesh_coder.sandbox import RunResult, Sandbox
+from agentmesh_coder.sandbox import RunResult, Sandbox, SandboxUnavailableError
 
 SYSTEM_PROMPT = """You are a coder agent in a multi-agent mesh.
 Search shared memory for what researchers found, write the Python program the
@@ -71,6 +72,18 @@ class CodeSession:
                 out[rel] = file.read_text(errors="replace")[:MAX_FILE_CHARS]
         return out
 
+    def store_files(self, files: dict[str, str]) -> None:
+        """Keep what a run left in its directory (new and changed files)."""
+        for path, content in files.items():
+            try:
+                target = self.resolve(path)
+            except ToolError:
+                continue
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+
     def artifacts(self) -> dict[str, Any]:
         return {"files": self.files(), "runs": self.runs}
 
@@ -97,7 +110,13 @@ class CodeSession:
     def run_python(self, args: RunPythonInput, ctx: ToolContext) -> str:
         if not self.resolve(args.path).is_file():
             raise ToolError(f"{args.path} does not exist; write it first")
-        result: RunResult = self.sandbox.run_python(args.path, args.args, args.stdin)
+        try:
+            result: RunResult = self.sandbox.run_python(
+                args.path, args.args, args.stdin, files=self.files()
+            )
+        except SandboxUnavailableError as err:
+            raise ToolError(str(err)) from None
+        self.store_files(result.files)
         self.runs.append(
             {
                 "path": args.path,
@@ -123,7 +142,7 @@ class Coder:
         # A redelivered subtask starts again from a clean directory of its own.
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, mode=0o700)
-        session = CodeSession(workdir=workdir, sandbox=Sandbox(runtime.settings, workdir))
+        session = CodeSession(workdir=workdir, sandbox=Sandbox(runtime.settings))
         session.tools = [
             memory_search_tool(runtime.memory),
             Tool(
@@ -146,9 +165,9 @@ class Coder:
             ),
             Tool(
                 "run_python",
-                "Run a Python script from the scratch directory (no network; limited CPU, "
-                "memory, processes, file size, output and wall time). Returns its exit code "
-                "and output.",
+                "Run a Python script from the scratch directory in the sandbox (no network; "
+                "limited CPU, memory, processes, file size, output and wall time). Returns "
+                "its exit code and output; files it writes are kept.",
                 RunPythonInput,
                 session.run_python,
             ),

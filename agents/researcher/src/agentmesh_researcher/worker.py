@@ -15,9 +15,10 @@ import httpx
 from agentmesh_shared.agent import Tool
 from agentmesh_shared.agent.memory_tools import NoteIds, memory_search_tool, memory_store_tool
 from agentmesh_shared.models import Role, SubtaskMessage
+from agentmesh_shared.settings import Settings
 from agentmesh_shared.worker import WorkerRuntime, run_worker
 
-from agentmesh_researcher.fetch import fetch_url_tool
+from agentmesh_researcher.fetch import fetch_client, fetch_url_tool
 
 SYSTEM_PROMPT = """You are a researcher agent in a multi-agent mesh.
 Investigate the instruction you are given. First search the shared memory for what
@@ -43,9 +44,9 @@ class Researcher:
     system_prompt: str = SYSTEM_PROMPT
     _http: httpx.Client | None = None
 
-    def http(self) -> httpx.Client:
+    def http(self, settings: Settings) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(follow_redirects=True, trust_env=True)
+            self._http = fetch_client(settings)
         return self._http
 
     def open_session(self, msg: SubtaskMessage, runtime: WorkerRuntime) -> ResearchSession:
@@ -54,7 +55,7 @@ class Researcher:
             tools=[
                 memory_search_tool(runtime.memory),
                 memory_store_tool(runtime.memory, ids, role=self.role.value),
-                fetch_url_tool(runtime.settings, self.http()),
+                fetch_url_tool(runtime.settings, self.http(runtime.settings)),
             ]
         )
 

@@ -26,7 +26,7 @@ from agentmesh_shared import metrics
 from agentmesh_shared.agent.tools import Tool, ToolContext, ToolOutcome
 from agentmesh_shared.budget import BudgetExceededError, TokenBudget
 from agentmesh_shared.models import Usage
-from agentmesh_shared.telemetry import capture_content, tracer
+from agentmesh_shared.telemetry import capture_content, inject, tracer
 
 _tracer = tracer("agentmesh.agent")
 
@@ -146,20 +146,31 @@ class AgentLoop:
 
     def _run(self, state: LoopState) -> LoopOutcome:
         while True:
-            self._check_cancelled()
+            self.check_cancelled()
             if state.pending_tool_uses():
                 # Resumed between a model call and its tools: finish that step.
                 with self._step_span(state.steps):
                     self._tools_step(state)
                 continue
             if state.messages and state.messages[-1]["role"] == "assistant":
-                return LoopOutcome(_final_text(state.messages[-1]), state)
+                return LoopOutcome(final_text(state.messages[-1]), state)
             with self._step_span(state.steps + 1):
                 self._call_model(state)
                 self._checkpoint(state)
                 if state.pending_tool_uses():
-                    self._check_cancelled()
+                    self.check_cancelled()
                     self._tools_step(state)
+
+    def call_model(self, state: LoopState) -> None:
+        """One step's model call alone, for a caller that runs the tools itself.
+
+        The planner does: its tool calls are delegations whose results arrive later,
+        in another planning step, perhaps on another replica.
+        """
+        self.check_cancelled()
+        with self._step_span(state.steps + 1):
+            self._call_model(state)
+            self._checkpoint(state)
 
     def _step_span(self, step: int) -> AbstractContextManager[Span]:
         return _tracer.start_as_current_span(
@@ -211,6 +222,8 @@ class AgentLoop:
                     tools=[t.schema() for t in self.tools],  # type: ignore[misc]
                     messages=state.messages,  # type: ignore[arg-type]
                     timeout=min(self.llm_timeout_s, remaining),
+                    # The model gateway records usage per task and continues this trace.
+                    extra_headers={"x-agentmesh-task-id": self.task_id, **inject()},
                 )
             except Exception as err:
                 span.record_exception(err)
@@ -314,12 +327,12 @@ class AgentLoop:
         if self.on_checkpoint is not None:
             self.on_checkpoint(state)
 
-    def _check_cancelled(self) -> None:
+    def check_cancelled(self) -> None:
         if self.is_cancelled is not None and self.is_cancelled():
             msg = "the task was cancelled"
             raise CancelledError(msg)
 
 
-def _final_text(message: Message) -> str:
+def final_text(message: Message) -> str:
     parts = [b.get("text", "") for b in message["content"] if b.get("type") == "text"]
     return "\n".join(p for p in parts if p).strip()

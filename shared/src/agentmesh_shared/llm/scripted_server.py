@@ -8,14 +8,20 @@ so far tells the step). Every text it returns starts with ``[scripted model]``.
 Scripts:
 - orchestrator (offers ``delegate``): one research and one code delegation in one
   turn (so they run in parallel), then a synthesis of their results;
-- researcher (offers ``memory_store``): search memory, store a note, report;
+- researcher (offers ``memory_store``): search memory, store a note, report; when
+  its instruction holds an http(s) URL, it fetches that URL first with ``fetch_url``
+  and reports what the fetch returned (the page's text, or the refusal);
 - coder (offers ``run_python``): search memory, write ``main.py``, run it, report
-  the code and its real output.
+  the code and its real output. When the task holds a fenced ```python block, the
+  orchestrator hands it to the coder whole and the coder's ``main.py`` is exactly
+  that code (so tests can send code through the real path to the sandbox).
 
 ``SCRIPTED_LLM_DELAY_MS`` (or ``--delay-ms``) delays every reply. For fault tests,
 ``POST /admin/config`` changes the delay at run time and makes the next N calls
 fail with a given status (429, 500, 529, ...), as the vendor's API does under load;
-``GET /admin/stats`` counts calls.
+``GET /admin/stats`` counts calls. A request with ``"stream": true`` gets the same
+reply as server-sent events (message_start, content blocks with deltas, message_delta,
+message_stop), as the Messages API streams.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -83,6 +90,9 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[str]:
     return results
 
 
+_URL = re.compile(r"https?://[^\s\"'<>`]+")
+
+
 def _subject(text: str, limit: int = 160) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -102,22 +112,38 @@ def coder_program(instruction: str) -> str:
     )
 
 
+_FENCED_PYTHON = re.compile(r"```python[ \t]*\r?\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+
+
+def fenced_python(text: str) -> str | None:
+    """The first fenced ```python block of ``text``, exactly as written, if any."""
+    match = _FENCED_PYTHON.search(text)
+    return match[1] if match else None
+
+
 def orchestrator_script(task: str, results: list[str]) -> tuple[list[Block], str]:
     subject = _subject(task)
     if not results:
+        code = fenced_python(task)
+        instruction = f"Write and run a program for: {subject}"
+        if code is not None:
+            # The block is handed on whole: the coder runs exactly this code.
+            instruction += f"\n\n```python\n{code}```\n"
         return [
             _text(f"{LABEL} Plan: research the subject, and write and run a program about it."),
             _tool_use("delegate", {"role": "researcher", "instruction": f"Research: {subject}"}),
-            _tool_use(
-                "delegate",
-                {"role": "coder", "instruction": f"Write and run a program for: {subject}"},
-            ),
+            _tool_use("delegate", {"role": "coder", "instruction": instruction}),
         ], "tool_use"
     summary = "\n".join(f"- {_subject(r, 400)}" for r in results)
     return [_text(f"{LABEL} Synthesis for: {subject}\n{summary}")], "end_turn"
 
 
 def researcher_script(task: str, results: list[str]) -> tuple[list[Block], str]:
+    url = _URL.search(task)
+    if url is not None:
+        if not results:
+            return [_tool_use("fetch_url", {"url": url.group(0)})], "tool_use"
+        return [_text(f"{LABEL} Fetched {url.group(0)}: {_subject(results[-1], 600)}")], "end_turn"
     subject = _subject(task)
     if len(results) == 0:
         return [_tool_use("memory_search", {"query": subject, "k": 3})], "tool_use"
@@ -133,9 +159,10 @@ def coder_script(task: str, results: list[str]) -> tuple[list[Block], str]:
     if len(results) == 0:
         return [_tool_use("memory_search", {"query": _subject(task), "k": 3})], "tool_use"
     if len(results) == 1:
-        return [
-            _tool_use("write_file", {"path": "main.py", "content": coder_program(task)})
-        ], "tool_use"
+        program = fenced_python(task)
+        if program is None:
+            program = coder_program(task)
+        return [_tool_use("write_file", {"path": "main.py", "content": program})], "tool_use"
     if len(results) == 2:
         return [_tool_use("run_python", {"path": "main.py"})], "tool_use"
     return [_text(f"{LABEL} Wrote main.py and ran it.\n{results[-1]}")], "end_turn"
@@ -246,24 +273,80 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self._error(fail_status, kind, f"{LABEL} injected failure {fail_status}")
             return
         content, stop_reason = reply_for(request)
-        self._send(
-            HTTPStatus.OK,
+        message = {
+            "id": f"msg_scripted_{uuid.uuid4().hex[:20]}",
+            "type": "message",
+            "role": "assistant",
+            "model": str(request.get("model", "scripted")),
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": estimate_tokens(
+                    [request.get("system"), request.get("tools"), request.get("messages")]
+                ),
+                "output_tokens": estimate_tokens(content),
+            },
+        }
+        if request.get("stream") is True:
+            self._stream(message)
+            return
+        self._send(HTTPStatus.OK, message)
+
+    def _stream(self, message: dict[str, Any]) -> None:
+        """The same reply as server-sent events, in the order the Messages API sends them."""
+        self.send_response(HTTPStatus.OK)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")
+        self.send_header("request-id", f"req_scripted_{uuid.uuid4().hex[:12]}")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(kind: str, data: dict[str, Any]) -> None:
+            payload = json.dumps({"type": kind, **data})
+            self.wfile.write(f"event: {kind}\ndata: {payload}\n\n".encode())
+            self.wfile.flush()
+
+        usage = message["usage"]
+        start = {**message, "content": [], "stop_reason": None}
+        start["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+        event("message_start", {"message": start})
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                event(
+                    "content_block_start",
+                    {"index": index, "content_block": {"type": "text", "text": ""}},
+                )
+                words = block["text"].split(" ")
+                for n, word in enumerate(words):
+                    piece = word if n == len(words) - 1 else word + " "
+                    event(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "text_delta", "text": piece}},
+                    )
+            else:
+                event(
+                    "content_block_start",
+                    {"index": index, "content_block": {**block, "input": {}}},
+                )
+                partial = json.dumps(block["input"])
+                event(
+                    "content_block_delta",
+                    {
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": partial},
+                    },
+                )
+            event("content_block_stop", {"index": index})
+        event(
+            "message_delta",
             {
-                "id": f"msg_scripted_{uuid.uuid4().hex[:20]}",
-                "type": "message",
-                "role": "assistant",
-                "model": str(request.get("model", "scripted")),
-                "content": content,
-                "stop_reason": stop_reason,
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": estimate_tokens(
-                        [request.get("system"), request.get("tools"), request.get("messages")]
-                    ),
-                    "output_tokens": estimate_tokens(content),
-                },
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
             },
         )
+        event("message_stop", {})
 
 
 class _Config(BaseModel):

@@ -1,7 +1,22 @@
-"""Shared agent memory: offline MiniLM embeddings and a Chroma client."""
+"""Shared agent memory: offline MiniLM embeddings and a Chroma client.
+
+Every embedding here is one short text, asked for by one of many agent threads at
+once. OpenBLAS would otherwise start a thread per core for each of those tiny
+matrix products and spin them against each other: on two busy cores one query took
+145 ms instead of 9 ms, and every loop waiting on memory waited that long. One BLAS
+thread per call is the default, set here before this package loads numpy (an
+explicit ``OPENBLAS_NUM_THREADS`` wins).
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# isort: split
 
 from agentmesh_shared.memory.client import (
     DEFAULT_COLLECTION,
+    MemoryAuthError,
     MemoryClient,
     MemoryClientError,
     MemoryHit,
@@ -20,6 +35,7 @@ __all__ = [
     "DEFAULT_COLLECTION",
     "EMBEDDING_DIM",
     "MAX_SEQ_LENGTH",
+    "MemoryAuthError",
     "MemoryClient",
     "MemoryClientError",
     "MemoryHit",

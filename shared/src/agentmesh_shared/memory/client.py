@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_COLLECTION",
+    "MemoryAuthError",
     "MemoryClient",
     "MemoryClientError",
     "MemoryHit",
@@ -83,6 +84,17 @@ class MemoryHit(BaseModel):
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     distance: float | None = None
+
+
+class MemoryAuthError(MemoryClientError):
+    """The memory service refused the client's token (or the client sent none)."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(
+            f"memory service at {url} refused the request (401): {detail[:200]}; "
+            "the token is the chroma_token secret (CHROMA_TOKEN)"
+        )
+        self.url = url
 
 
 class _ServerError(Exception):
@@ -167,6 +179,9 @@ def _hit_metadata(raw: Mapping[str, Any] | None) -> dict[str, MetadataValue]:
 class MemoryClient:
     """Store and search notes in the shared Chroma memory.
 
+    ``token`` is sent as ``Authorization: Bearer`` on every request (the memory
+    service's authenticating front wants it).
+
     ``MemoryClient("http://chroma:8000")`` connects on first use, not at construction,
     so a worker starts even while Chroma is still coming up. One instance is safe to
     share between threads.
@@ -184,6 +199,7 @@ class MemoryClient:
         max_retry_s: float = 15.0,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 2.0,
+        token: str | None = None,
     ) -> None:
         if attempts < 1:
             msg = "attempts must be >= 1"
@@ -197,6 +213,7 @@ class MemoryClient:
         self._backoff_max_s = backoff_max_s
         self._max_retry_s = max_retry_s
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._lock = threading.Lock()
         self._client: ClientAPI | None = None
         self._collection: Collection | None = None
@@ -319,14 +336,19 @@ class MemoryClient:
 
         # chromadb's own start-up requests have no timeout (see _tune_http): probe the
         # heartbeat first, with one, so an unreachable host fails fast and retryably.
-        probe = httpx.get(f"{self.url}/api/v2/heartbeat", timeout=self._timeout)
+        probe = httpx.get(
+            f"{self.url}/api/v2/heartbeat", timeout=self._timeout, headers=self._headers
+        )
         if probe.status_code >= 500:
             raise _ServerError(probe.status_code, probe.text)
+        if probe.status_code in {401, 403}:
+            raise MemoryAuthError(self.url, probe.text)
         try:
             client = chromadb.HttpClient(
                 host=self._host,
                 port=self._port,
                 ssl=self._ssl,
+                headers=self._headers,
                 settings=Settings(anonymized_telemetry=False),
             )
         except ValueError as exc:

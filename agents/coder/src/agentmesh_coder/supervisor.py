@@ -1,0 +1,327 @@
+"""The per-run supervisor: runs one program and kills everything it started.
+
+The sandbox server starts ``python -I -S supervisor.py CONFIG`` for each run, with
+the run's stdin on its stdin; it prints one JSON line with the outcome. Standard
+library only (it runs without ``site``).
+
+Isolation, without capabilities:
+
+- The supervisor is a child subreaper and enters a Landlock domain of its own that
+  scopes signals and abstract unix sockets. The program runs in a nested domain that
+  also limits the filesystem (read-only system paths, read-write only the run's own
+  directory) and forbids TCP bind/connect. A domain can signal only itself and the
+  domains nested in it, so ``kill(-1, SIGKILL)`` from the supervisor reaches exactly
+  the run's processes — ``setsid`` or double-forked ones included — and nothing the
+  program starts can signal the server, another run or the supervisor; nor can it
+  ptrace (or read ``/proc/<pid>/mem|environ`` of) anything outside its domain.
+- rlimits on CPU time, memory, file size, open files, core dumps and processes; a
+  seccomp filter that refuses every socket but ``AF_UNIX`` (the container's profile
+  does too).
+- The wall clock is the supervisor's: when it passes, or as soon as the program
+  exits, the run's whole tree is killed, so the answer never waits on pipes held by
+  a grandchild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import platform
+import resource
+import selectors
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# --- Landlock (include/uapi/linux/landlock.h) -------------------------------------
+_SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1, 2, 4, 8
+_FS_TRUNCATE = 1 << 14
+# Every filesystem right of ABI 1..5, by the ABI that added it.
+_FS_ALL = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
+_FS_ALL_LATEST = (1 << 16) - 1
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1, 2
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
+MIN_ABI = 6  # signal and abstract-socket scoping
+
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _PR_SET_CHILD_SUBREAPER = 38, 22, 36
+_SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+def _syscall_numbers() -> tuple[int, int, int]:
+    numbers = _SYS.get(platform.machine())
+    if numbers is None:
+        msg = f"unsupported architecture {platform.machine()}"
+        raise SetupError(msg)
+    return numbers
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: not available)."""
+    create, _, _ = _syscall_numbers()
+    version = _libc.syscall(create, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    return max(int(version), 0)
+
+
+def _prctl(option: int, arg: int | ctypes.c_void_p = 0) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        msg = f"prctl({option}) failed: {os.strerror(code)}"
+        raise SetupError(msg)
+
+
+def landlock_restrict(
+    abi: int,
+    *,
+    read_paths: Sequence[str] = (),
+    write_paths: Sequence[str] = (),
+    filesystem: bool,
+) -> None:
+    """Enter a new Landlock domain that scopes signals and abstract unix sockets and,
+    with ``filesystem``, allows only reading ``read_paths`` and writing ``write_paths``
+    (plus ``/dev/null``) and no TCP at all."""
+    create, add_rule, restrict_self = _syscall_numbers()
+    fs_all = _FS_ALL.get(abi, _FS_ALL_LATEST) if filesystem else 0
+    net_all = (_NET_BIND_TCP | _NET_CONNECT_TCP) if filesystem else 0
+    attr = struct.pack("QQQ", fs_all, net_all, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+    buf = ctypes.create_string_buffer(attr)
+    fd = _libc.syscall(create, buf, ctypes.c_size_t(len(attr)), 0)
+    if fd < 0:
+        msg = f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}"
+        raise SetupError(msg)
+    try:
+        file_rights = _FS_EXECUTE | _FS_READ_FILE
+        read_rights = file_rights | _FS_READ_DIR
+        rules = [(p, read_rights) for p in read_paths]
+        rules += [(p, fs_all) for p in write_paths]
+        rules.append(("/dev/null", (_FS_READ_FILE | _FS_WRITE_FILE | _FS_TRUNCATE) & fs_all))
+        for path, wanted in rules if filesystem else []:
+            try:
+                target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                rights = wanted
+                if not Path(path).is_dir():
+                    rights &= _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, target))
+                if _libc.syscall(add_rule, fd, _RULE_PATH_BENEATH, rule, 0) != 0:
+                    msg = f"landlock_add_rule({path}) failed: {os.strerror(ctypes.get_errno())}"
+                    raise SetupError(msg)
+            finally:
+                os.close(target)
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+        if _libc.syscall(restrict_self, fd, 0) != 0:
+            msg = f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}"
+            raise SetupError(msg)
+    finally:
+        os.close(fd)
+
+
+def socket_filter() -> None:
+    """A seccomp filter: ``socket(domain != AF_UNIX)`` fails with EACCES."""
+    arches = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+    audit_arch, nr_socket = arches[platform.machine()]
+
+    def stmt(code: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, 0, 0, k)
+
+    def jump(code: int, k: int, jt: int, jf: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    ld, jeq, ret = 0x20, 0x15, 0x06
+    allow, kill, eacces = 0x7FFF0000, 0x80000000, 0x00050000 | errno.EACCES
+    prog = b"".join(
+        [
+            stmt(ld, 4),
+            jump(jeq, audit_arch, 1, 0),
+            stmt(ret, kill),
+            stmt(ld, 0),
+            jump(jeq, nr_socket, 0, 4),
+            stmt(ld, 16),
+            jump(jeq, 1, 0, 1),
+            stmt(ret, allow),
+            stmt(ret, eacces),
+            stmt(ret, allow),
+        ]
+    )
+    buf = ctypes.create_string_buffer(prog)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        msg = f"seccomp filter failed: {os.strerror(ctypes.get_errno())}"
+        raise SetupError(msg)
+
+
+def tasks_of_uid(uid: int) -> int:
+    """Threads of ``uid`` visible here: what RLIMIT_NPROC already counts."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                count += sum(1 for _ in (entry / "task").iterdir())
+        except OSError:
+            continue
+    return count
+
+
+def _child(cfg: dict[str, Any], abi: int, fds: tuple[int, int, int]) -> None:
+    """In the forked child: limits, the run's domain, then exec. Never returns."""
+    try:
+        for fd, target in zip(fds, (0, 1, 2), strict=True):
+            os.dup2(fd, target)
+        os.setsid()
+        os.chdir(cfg["workdir"])
+        for name, value in cfg["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        landlock_restrict(
+            abi, read_paths=cfg["read_paths"], write_paths=[cfg["workdir"]], filesystem=True
+        )
+        socket_filter()
+        os.execve(  # noqa: S606 - the sandbox's interpreter, no shell
+            cfg["python"], [cfg["python"], "-I", "-B", *cfg["argv"]], cfg["env"]
+        )
+    except BaseException as err:  # noqa: BLE001 - report anything, then leave at once
+        os.write(2, f"sandbox: could not start the program: {err}\n".encode())
+    os._exit(127)
+
+
+def _kill_run() -> None:
+    """SIGKILL every process of the run: the domain's scope limits ``kill(-1)`` to it."""
+    with contextlib.suppress(ProcessLookupError):  # nothing left
+        os.kill(-1, signal.SIGKILL)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def supervise(cfg: dict[str, Any], stdin_data: bytes) -> dict[str, Any]:
+    abi = landlock_abi()
+    if abi < MIN_ABI:
+        msg = f"the kernel's Landlock ABI is {abi}; the sandbox needs {MIN_ABI} or later"
+        raise SetupError(msg)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    landlock_restrict(abi, filesystem=False)
+    uid = os.getuid()
+    cfg["rlimits"]["RLIMIT_NPROC"] = tasks_of_uid(uid) + int(cfg["max_procs"])
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        _child(cfg, abi, (in_r, out_w, err_w))
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+
+    def feed() -> None:
+        try:
+            os.write(in_w, stdin_data) if stdin_data else None
+        except OSError:
+            pass
+        finally:
+            os.close(in_w)
+
+    threading.Thread(target=feed, daemon=True).start()
+    limit = int(cfg["output_bytes"])
+    wall = float(cfg["wall_s"])
+    buffers = {out_r: bytearray(), err_r: bytearray()}
+    truncated = False
+    exit_code: int | None = None
+    timed_out = False
+    selector = selectors.DefaultSelector()
+    for fd in buffers:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    drain_until: float | None = None
+    while selector.get_map():
+        now = time.monotonic()
+        if exit_code is None and not timed_out:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                exit_code = os.waitstatus_to_exitcode(status)
+            elif now - started >= wall:
+                timed_out = True
+            if exit_code is not None or timed_out:
+                # The program is over: whatever it left behind goes with it, and
+                # the pipes close within moments, never at a grandchild's pace.
+                _kill_run()
+                drain_until = now + 1.0
+        if drain_until is not None and now >= drain_until:
+            break
+        for key, _ in selector.select(timeout=0.02):
+            fd = int(key.fd)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                selector.unregister(fd)
+                continue
+            room = limit + 1 - len(buffers[fd])
+            if room > 0:
+                buffers[fd] += chunk[:room]
+            if len(chunk) > room:
+                truncated = True
+    if exit_code is None and not timed_out:
+        _, status = os.waitpid(pid, 0)
+        exit_code = os.waitstatus_to_exitcode(status)
+    _kill_run()
+    _reap()
+    duration = time.monotonic() - started
+    out, err = bytes(buffers[out_r]), bytes(buffers[err_r])
+    truncated = truncated or len(out) > limit or len(err) > limit
+    return {
+        "exit_code": None if timed_out else exit_code,
+        "stdout": out[:limit].decode("utf-8", errors="replace"),
+        "stderr": err[:limit].decode("utf-8", errors="replace"),
+        "duration_s": duration,
+        "timed_out": timed_out,
+        "truncated": truncated,
+    }
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    stdin_data = sys.stdin.buffer.read()
+    try:
+        result = supervise(cfg, stdin_data)
+    except SetupError as err:
+        print(json.dumps({"setup_error": str(err)}), flush=True)
+        sys.exit(3)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Planning benchmarks: effective concurrency, scaling over planner replicas, tracing cost.
+
+Every figure is a ratio of two things measured in the same run on the same machine:
+
+- effective concurrency: N tasks submitted at once with every model call taking
+  ``delay_ms``; N x (one task's latency alone) / (wall time for the N). The CPU
+  seconds the mesh's processes used give tasks per CPU-second, which shows where
+  the machine, not the design, becomes the limit;
+- planning scaling: the same load through 1, 2 and 3 planning replicas with few
+  planning threads each, so planning is the bottleneck; efficiency is the
+  throughput with k replicas over k times the throughput with one;
+- tracing overhead: two meshes side by side, one exporting traces to a real
+  collector and one not, tasks sent to them alternately (on, off, on, off, ...), so
+  drifts in machine load hit both sides alike; the ratio of medians with a
+  bootstrap 95 % interval says whether 2 % is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.mesh import LocalMesh, local_mesh, wait_until
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+# A batch of a thousand tasks queues on this machine's CPU: limits long enough that
+# every task may finish, so the figure measures throughput, not time-outs.
+PATIENT = {
+    "AGENTMESH_TASK_TIMEOUT_S": "3600",
+    "AGENTMESH_SUBTASK_TIMEOUT_S": "1800",
+    "AGENTMESH_STALL_TIMEOUT_S": "1800",
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def run_task(api: httpx.Client, text: str, poll_s: float = 0.02) -> float:
+    """Submit one task through ``api`` (a client holding the API token) and wait for
+    it; its latency in seconds."""
+    start = time.perf_counter()
+    task = api.post("/tasks", json={"text": text}, timeout=30).json()
+    while task["status"] not in TERMINAL:
+        time.sleep(poll_s)
+        task = api.get(f"/tasks/{task['id']}", timeout=30).json()
+    assert task["status"] == "succeeded", task
+    return time.perf_counter() - start
+
+
+def mesh_cpu_s(mesh: LocalMesh) -> float:
+    """CPU seconds (user + system) of every process in the mesh's process sessions."""
+    sessions = {p.pid for p in mesh.procs.values() if p.alive()}
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[3] is the session id; [11] utime, [12] stime, [13] cutime, [14] cstime
+        if int(fields[3]) in sessions:
+            total += sum(int(f) for f in fields[11:15])
+    return total / CLK_TCK
+
+
+def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dict[str, Any]:
+    """Submit ``n`` tasks at once and wait for every one; wall time, CPU, outcome."""
+    r = mesh.redis()
+    cpu_before = mesh_cpu_s(mesh)
+    start = time.perf_counter()
+    with (
+        ThreadPoolExecutor(max_workers=16) as pool,
+        httpx.Client(timeout=60, headers=mesh.api.headers) as http,
+    ):
+        ids = list(
+            pool.map(
+                lambda i: http.post(f"{mesh.api_url}/tasks", json={"text": f"{label} {i}"}).json()[
+                    "id"
+                ],
+                range(n),
+            )
+        )
+    peak_running = 0
+
+    def all_done() -> bool:
+        nonlocal peak_running
+        active = int(r.scard("agentmesh:tasks:active"))
+        peak_running = max(peak_running, active)
+        return active == 0
+
+    wait_until(all_done, f"{n} tasks to end", timeout=timeout)
+    wall = time.perf_counter() - start
+    cpu = mesh_cpu_s(mesh) - cpu_before
+    statuses: dict[str, int] = {}
+    for i in range(0, n, 200):
+        raws = r.mget([f"agentmesh:task:{t}" for t in ids[i : i + 200]])
+        for raw in raws:
+            status = json.loads(raw)["status"] if raw else "missing"
+            statuses[status] = statuses.get(status, 0) + 1
+    return {
+        "tasks": n,
+        "wall_s": round(wall, 2),
+        "mesh_cpu_s": round(cpu, 1),
+        "tasks_per_s": round(n / wall, 2),
+        "tasks_per_cpu_s": round(n / cpu, 3) if cpu else None,
+        "statuses": statuses,
+        "peak_unfinished": peak_running,
+    }
+
+
+def bench_effective_concurrency(
+    root: Path, ns: list[int], delay_ms: int, planners: int = 1
+) -> dict[str, Any]:
+    """N tasks at once, for each N, on one mesh: 2 researchers, 2 coders, the API + planners."""
+    top = max(ns)
+    loops = str(max(32, top // 2 + 8))
+    with local_mesh(root, researchers=0, coders=0, llm_delay_ms=delay_ms, tracing=False) as mesh:
+        mesh.procs.pop("orchestrator").stop()
+        mesh.start_orchestrator(**PATIENT)
+        for _ in range(2):
+            mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+            mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+        for k in range(planners):
+            mesh.start_planner(f"planner-{k + 1}", AGENTMESH_PLANNER_CONCURRENCY="128", **PATIENT)
+        run_task(mesh.api, "warm-up")
+        single = statistics.median(run_task(mesh.api, f"alone {i}") for i in range(3))
+        rows = []
+        for n in ns:
+            batch = run_batch(mesh, n, f"batch of {n}")
+            batch["one_task_s"] = round(single, 2)
+            batch["effective_concurrency"] = round(n * single / batch["wall_s"], 1)
+            batch["ratio_to_n"] = round(n * single / batch["wall_s"] / n, 3)
+            rows.append(batch)
+            print(f"effective concurrency: {json.dumps(batch)}", file=sys.stderr, flush=True)
+        return {"delay_ms": delay_ms, "one_task_s": round(single, 2), "batches": rows}
+
+
+def bench_planning_scaling(
+    root: Path, replicas: list[int], tasks: int, delay_ms: int, threads: int
+) -> dict[str, Any]:
+    """The same batch through 1..k planning replicas of ``threads`` steps each."""
+    rows = []
+    for k in replicas:
+        where = root / f"replicas-{k}"
+        where.mkdir()
+        with local_mesh(
+            where, researchers=0, coders=0, llm_delay_ms=delay_ms, tracing=False
+        ) as mesh:
+            mesh.procs.pop("orchestrator").stop()
+            mesh.start_orchestrator(AGENTMESH_PLANNER_CONCURRENCY="0", **PATIENT)  # API only
+            for _ in range(2):
+                mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=str(tasks), **PATIENT)
+                mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=str(tasks), **PATIENT)
+            for i in range(k):
+                mesh.start_planner(
+                    f"planner-{i + 1}", AGENTMESH_PLANNER_CONCURRENCY=str(threads), **PATIENT
+                )
+            run_task(mesh.api, "warm-up")
+            batch = run_batch(mesh, tasks, f"scaling {k}")
+            batch["replicas"] = k
+            rows.append(batch)
+            print(f"planning scaling: {json.dumps(batch)}", file=sys.stderr, flush=True)
+    base = rows[0]["wall_s"]  # the same batch each time: throughput ratios are wall ratios
+    for row in rows:
+        row["speedup"] = round(base / row["wall_s"], 2)
+        row["efficiency"] = round(base / row["wall_s"] / row["replicas"], 3)
+    return {"delay_ms": delay_ms, "threads_per_replica": threads, "rows": rows}
+
+
+def bench_tracing_interleaved(root: Path, pairs: int) -> dict[str, Any]:
+    """Tasks sent alternately to a traced and an untraced mesh running side by side."""
+    (root / "on").mkdir()
+    (root / "off").mkdir()
+    with (
+        local_mesh(root / "on", tracing=True) as on,
+        local_mesh(root / "off", tracing=False) as off,
+    ):
+        for mesh in (on, off):
+            for i in range(2):
+                run_task(mesh.api, f"warm-up {i}")
+        times: dict[str, list[float]] = {"on": [], "off": []}
+        for i in range(pairs):
+            order = [("on", on), ("off", off)]
+            if i % 2:
+                order.reverse()  # neither side always goes first
+            for name, mesh in order:
+                times[name].append(run_task(mesh.api, f"tracing {name} {i}"))
+    ratio = statistics.median(times["on"]) / statistics.median(times["off"])
+    rng = random.Random(7)
+    boots = []
+    for _ in range(2000):
+        a = [rng.choice(times["on"]) for _ in times["on"]]
+        b = [rng.choice(times["off"]) for _ in times["off"]]
+        boots.append(statistics.median(a) / statistics.median(b))
+    boots.sort()
+    low, high = boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+    return {
+        "pairs": pairs,
+        "p50_on_s": round(statistics.median(times["on"]), 4),
+        "p50_off_s": round(statistics.median(times["off"]), 4),
+        "ratio": round(ratio, 3),
+        "ci95": [round(low, 3), round(high, 3)],
+        "resolves_2_percent": (high - low) / 2 <= 0.02,
+        "samples": times,
+    }

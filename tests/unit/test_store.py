@@ -1,0 +1,76 @@
+"""Task records on a real redis-server: admission is atomic, updates never lose a write."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from agentmesh_orchestrator.store import AdmissionRefusedError, TaskStore
+from agentmesh_shared import keys
+from agentmesh_shared.models import TaskLimits, TaskRecord, TaskStatus, new_id
+
+from tests.support.redis_server import redis_server
+
+
+@pytest.fixture
+def r(tmp_path: Path) -> Iterator[redis.Redis]:
+    with redis_server(tmp_path) as client:
+        yield client
+
+
+def _record(text: str = "x") -> TaskRecord:
+    return TaskRecord(
+        id=new_id(), text=text, limits=TaskLimits(max_steps=3, token_budget=100, timeout_s=60)
+    )
+
+
+def test_admission_stops_at_the_limit_and_stores_nothing_past_it(r: redis.Redis) -> None:
+    store = TaskStore(r)
+    first, second = store.create(_record(), limit=2), store.create(_record(), limit=2)
+    assert {first.id, second.id} == set(store.active_ids())
+    assert set(r.zrange(keys.PLAN_DUE, 0, -1)) == {first.id, second.id}
+    refused = _record()
+    with pytest.raises(AdmissionRefusedError) as err:
+        store.create(refused, idempotency="k1", limit=2)
+    assert err.value.active == 2 and err.value.limit == 2
+    assert store.get(refused.id) is None and not r.exists(f"{keys.PREFIX}:idempotency:k1")
+    store.update(first.id, lambda rec: setattr(rec, "status", TaskStatus.SUCCEEDED))
+    assert store.create(_record(), limit=2).id  # a finished task frees its place
+
+
+def test_concurrent_admissions_never_pass_the_limit(r: redis.Redis) -> None:
+    store = TaskStore(r)
+    admitted: list[str] = []
+
+    def submit() -> None:
+        with contextlib.suppress(AdmissionRefusedError):
+            admitted.append(store.create(_record(), limit=5).id)
+
+    threads = [threading.Thread(target=submit) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 5 == store.active_count()
+
+
+def test_concurrent_updates_of_one_record_lose_nothing(r: redis.Redis) -> None:
+    store = TaskStore(r)
+    record = store.create(_record(), limit=10)
+    writers = [TaskStore(r) for _ in range(4)]  # as on four replicas
+
+    def bump(s: TaskStore) -> None:
+        for _ in range(25):
+            s.update(record.id, lambda rec: setattr(rec, "steps", rec.steps + 1))
+
+    threads = [threading.Thread(target=bump, args=(s,)) for s in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = store.get(record.id)
+    assert stored is not None and stored.steps == 100
