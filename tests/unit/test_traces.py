@@ -440,3 +440,24 @@ def test_an_ended_tasks_trace_is_complete_only_with_every_parent(
         out.write(json_line([s for s in mesh.spans("orchestrator") if s.name == "planner.run"]))
     whole = client.get("/tasks/task-1/trace").json()
     assert (whole["complete"], whole["missing_parents"]) == (True, 0)
+
+
+def test_an_ended_tasks_trace_waits_for_every_model_calls_span(
+    traces_file: Path, mesh: MeshTrace
+) -> None:
+    record = _record(mesh.trace_id, Role.RESEARCHER, Role.CODER)
+    record.status = TaskStatus.SUCCEEDED
+    record.usage.input_tokens = 812 + 1000 + 2000
+    client = _client(traces_file, {"task-1": record})
+    # the coder's model call is a leaf: the tree looks whole without it
+    with traces_file.open("w") as out:
+        out.write(json_line(mesh.spans("orchestrator")))
+        out.write(json_line(mesh.spans("researcher")))
+        out.write(json_line([s for s in mesh.spans("coder") if s.name != "chat coder"]))
+
+    partial = client.get("/tasks/task-1/trace").json()
+    assert (partial["complete"], partial["missing_parents"]) == (False, 0)
+
+    with traces_file.open("a") as out:
+        out.write(json_line([s for s in mesh.spans("coder") if s.name == "chat coder"]))
+    assert client.get("/tasks/task-1/trace").json()["complete"] is True

@@ -7,7 +7,8 @@ of that trace from there. Exporters batch (the SDKs and the collector each hold
 spans for a moment), so ``wait`` polls until the trace is complete: every service
 the task involved has spans in the file (the orchestrator, and the role of each of
 its subtasks) and, once the task has ended, the spans form one tree (the root's own
-parent may be missing: the CLI's span, when the CLI does not export).
+parent may be missing: the CLI's span, when the CLI does not export) whose model-call
+spans account for every input token on the task's record.
 """
 
 from __future__ import annotations
@@ -59,12 +60,29 @@ def roots(spans: list[Span]) -> int:
     return sum(1 for span in spans if span.parent_span_id not in present)
 
 
+def chat_input_tokens(spans: list[Span]) -> int:
+    """Input tokens over the trace's model-call (GenAI ``chat``) spans."""
+    return sum(
+        int(span.attributes.get("gen_ai.usage.input_tokens", 0) or 0)
+        for span in spans
+        if span.attributes.get("gen_ai.operation.name") == "chat"
+    )
+
+
 def is_complete(record: TaskRecord, found: TraceRead) -> bool:
     if not expected_services(record) <= found.services:
         return False
-    # A running task's open spans are not exported yet; an ended task's should all be,
-    # making one tree (whose root's parent may be the CLI's span, not exported).
-    return not record.status.terminal or roots(found.spans) <= 1
+    if not record.status.terminal:
+        # A running task's open spans are not exported yet.
+        return True
+    # An ended task's spans should all be in, making one tree (whose root's parent may
+    # be the CLI's span, not exported). A model call's span is a leaf, so the tree can
+    # look whole without the last one a busy replica still holds: the chat spans must
+    # also account for every input token the task's record counts.
+    return (
+        roots(found.spans) <= 1
+        and chat_input_tokens(found.spans) >= record.usage.input_tokens
+    )
 
 
 def register_trace_routes(
