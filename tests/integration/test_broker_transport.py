@@ -8,7 +8,6 @@ and that the failure they guard against is real.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,35 +19,15 @@ from agentmesh_shared import deadletter, keys
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from tests.support import junk
-from tests.support.mesh import free_port, redis_server_bin, wait_until
+from tests.support.redis_server import redis_server
 
 TRANSPORT = "agentmesh_shared.broker_transport:Transport"
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    data = Path(tmp_path_factory.mktemp("redis"))
-    proc = subprocess.Popen(
-        [
-            redis_server_bin(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    wait_until(lambda: bool(client.ping()), "redis-server to answer PING", timeout=20)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with redis_server(Path(tmp_path_factory.mktemp("redis"))) as client:
+        yield f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
 
 
 @pytest.fixture

@@ -31,12 +31,24 @@ MAX_BLOCK_S = 30.0  # the longest BLPOP/XREAD block any caller may ask for
 SOCKET_TIMEOUT_S = MAX_BLOCK_S + 10.0
 
 
-def _retry() -> Retry:
-    return Retry(
-        ExponentialBackoff(cap=2.0, base=0.05),
-        RETRIES,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError, TimeoutError),
-    )
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+
+
+def _pool_options(max_connections: int) -> dict[str, object]:
+    """What the sync and the asyncio pools share (their retry classes differ)."""
+    return {
+        "max_connections": max_connections,
+        "timeout": 30,
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        "socket_connect_timeout": 5,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+    }
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=2.0, base=0.05)
 
 
 def connect(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
@@ -47,14 +59,8 @@ def connect(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
     """
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_connection_url(),
-        max_connections=max_connections,
-        timeout=30,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_connect_timeout=5,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        retry=_retry(),
+        retry=Retry(_backoff(), RETRIES, supported_errors=(*REDIS_ERRORS, TimeoutError)),
+        **_pool_options(max_connections),
     )
     return redis.Redis(connection_pool=pool)
 
@@ -63,17 +69,7 @@ def connect_async(settings: Settings, *, max_connections: int = 1000) -> redis.a
     """An asyncio client (one event loop): a waiting long-poll costs a coroutine, not a thread."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_connection_url(),
-        max_connections=max_connections,
-        timeout=30,
-        decode_responses=True,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_connect_timeout=5,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        retry=AsyncRetry(
-            ExponentialBackoff(cap=2.0, base=0.05),
-            RETRIES,
-            supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError),
-        ),
+        retry=AsyncRetry(_backoff(), RETRIES, supported_errors=REDIS_ERRORS),
+        **_pool_options(max_connections),
     )
     return redis.asyncio.Redis(connection_pool=pool)
