@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agentmesh_shared.settings import Settings, SettingsError, load_settings
+from agentmesh_shared.settings import Settings, SettingsError, load_settings, settings_or_exit
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +79,16 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.model == "claude-test"
     assert str(settings.anthropic_base_url) == "http://gateway:9000/"
     assert not settings.llm_configured
+
+
+def test_an_entry_point_exits_2_naming_the_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AGENTMESH_MAX_STEPS", "lots")
+    with pytest.raises(SystemExit) as exited:
+        settings_or_exit("researcher-worker")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("researcher-worker: ")
+    assert "AGENTMESH_MAX_STEPS" in err
+    assert "Traceback" not in err

@@ -22,18 +22,14 @@ import os
 import sys
 
 from agentmesh_shared.celery_app import create_celery_app
-from agentmesh_shared.settings import SettingsError, load_settings
+from agentmesh_shared.settings import settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("flower") is None:
         print("flower: the flower package is not installed in this image", file=sys.stderr)
         return 2
-    try:
-        settings = load_settings()
-    except SettingsError as err:
-        print(f"flower: {err}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit("flower")
     credentials = settings.flower_basic_auth
     if credentials is None or ":" not in credentials.get_secret_value():
         print(

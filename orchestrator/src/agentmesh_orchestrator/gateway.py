@@ -35,7 +35,7 @@ from agentmesh_shared import keys, telemetry
 from agentmesh_shared.llm.client import NOT_CONFIGURED
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import Role
-from agentmesh_shared.settings import Settings, SettingsError, load_settings, secrets_dir
+from agentmesh_shared.settings import Settings, secrets_dir, settings_or_exit
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -370,11 +370,7 @@ def build(settings: Settings) -> Gateway:
 
 def main() -> None:
     setup_logging("gateway")
-    try:
-        settings = load_settings()
-    except SettingsError as err:
-        print(f"gateway: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("gateway")
     gateway = build(settings)
     if not gateway.credentials:
         print(

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import httpx
 import uvicorn
 from agentmesh_shared.logs import setup_logging
-from agentmesh_shared.settings import Settings, SettingsError, load_settings
+from agentmesh_shared.settings import Settings, SettingsError, settings_or_exit
 from starlette.types import Message, Receive, Scope, Send
 
 log = logging.getLogger("agentmesh.memory_gate")
@@ -188,8 +188,8 @@ def create_gate(settings: Settings) -> MemoryGate:
 
 def main() -> int:
     setup_logging("memory-gate")
+    settings = settings_or_exit("memory-gate")
     try:
-        settings = load_settings()
         gate = create_gate(settings)
     except SettingsError as err:
         print(f"memory-gate: {err}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 
 import uvicorn
@@ -12,7 +11,7 @@ from agentmesh_shared import metrics
 from agentmesh_shared.health import beat
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import Role
-from agentmesh_shared.settings import SettingsError, load_settings
+from agentmesh_shared.settings import settings_or_exit
 from agentmesh_shared.telemetry import setup_telemetry, shutdown_telemetry
 
 from agentmesh_orchestrator.api import create_app
@@ -21,11 +20,7 @@ from agentmesh_orchestrator.service import Services
 
 def _services() -> Services:
     setup_logging("orchestrator")
-    try:
-        settings = load_settings()
-    except SettingsError as err:
-        print(f"orchestrator: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("orchestrator")
     setup_telemetry("orchestrator", instance=settings.worker_hostname)
     return Services.build(settings)
 

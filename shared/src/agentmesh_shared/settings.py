@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -272,6 +273,16 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
         raise SettingsError(_describe(err)) from None
+
+
+def settings_or_exit(program: str) -> Settings:
+    """:func:`load_settings` for an entry point: a bad setting ends the program with
+    exit status 2 and one line on stderr naming the variable, not a traceback."""
+    try:
+        return load_settings()
+    except SettingsError as err:
+        print(f"{program}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @lru_cache(maxsize=1)

@@ -32,7 +32,7 @@ from agentmesh_shared.health import beat
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import TASK_NAME_BY_ROLE
 from agentmesh_shared.runtime import RoleAgent, RoleSession, WorkerRuntime
-from agentmesh_shared.settings import SettingsError, load_settings
+from agentmesh_shared.settings import settings_or_exit
 
 log = logging.getLogger("agentmesh.worker")
 _tracer = telemetry.tracer("agentmesh.worker")
@@ -144,11 +144,7 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
     """The console-script entry point of a worker role."""
     global _runtime  # noqa: PLW0603 - the Celery consumer class needs the process's runtime
     setup_logging(agent.role.value)
-    try:
-        settings = load_settings()
-    except SettingsError as err:
-        print(f"{agent.role.value}-worker: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit(f"{agent.role.value}-worker")
     runtime = WorkerRuntime(settings=settings, role=agent.role)
     _runtime = runtime
     telemetry.setup_telemetry(agent.role.value, instance=runtime.hostname)
