@@ -220,7 +220,7 @@ fill_wheelhouse() {
 }
 
 # The three Dockerfiles must agree byte for byte up to the end of the shared layers,
-# or the images stop sharing them (and the embedding model is stored three times).
+# or the images stop sharing them (and the shared dependencies are stored three times).
 check_shared_layers() {
 	local reference="" service block
 	for service in "${SERVICES[@]}"; do
@@ -249,8 +249,9 @@ build_service_images() {
 	done
 }
 
-# Each service image imports its packages, loads the embedding model and has its
-# console scripts, as uid 10001, with no network and a read-only root.
+# Each service image imports its packages and has its console scripts, as uid 10001,
+# with no network and a read-only root; the orchestrator's (where the memory service
+# runs) loads the embedding model.
 smoke_test_service_images() {
 	local service packages
 	for service in "${SERVICES[@]}"; do
@@ -260,8 +261,9 @@ smoke_test_service_images() {
 import importlib, os, shutil, sys
 for package in '$packages'.split():
     importlib.import_module(package)
-from agentmesh_shared.memory import get_embedder
-get_embedder().embed(['the embedding model loads as the service user'])
+if '$service' == 'orchestrator':
+    from agentmesh_orchestrator.embedding import get_embedder
+    get_embedder().embed(['the embedding model loads as the service user'])
 missing = [s for s in '${SERVICE_SCRIPTS[$service]}'.split() if not shutil.which(s)]
 if missing or os.getuid() != 10001:
     sys.exit(f'missing console scripts {missing} or uid {os.getuid()} is not 10001')

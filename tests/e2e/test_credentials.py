@@ -92,17 +92,21 @@ def test_memory_is_reached_only_through_the_gate_and_only_with_the_token(
     found = run_in(
         compose_mesh,
         "researcher",
-        HTTP_PROBE + "hb = '/api/v2/heartbeat'\n"
-        "print(json.dumps({'direct': get('http://memory:8000' + hb),"
+        HTTP_PROBE + "hb = '/v1/heartbeat'\n"
+        "chroma = '/api/v2/tenants/default_tenant/databases/default_database/collections'\n"
+        "print(json.dumps({'direct': get('http://memory:8000/api/v2/heartbeat'),"
         " 'anonymous': get('http://memory-gate:8000' + hb),"
         " 'wrong': get('http://memory-gate:8000' + hb, 'wrong'),"
-        " 'collections': get('http://memory-gate:8000/api/v2/tenants/default_tenant/databases/default_database/collections'),"
+        " 'count': get('http://memory-gate:8000/v1/collections/agentmesh-memory/count'),"
+        " 'chroma_api': get('http://memory-gate:8000' + chroma, secret('chroma_token')),"
         " 'token': get('http://memory-gate:8000' + hb, secret('chroma_token'))}))",
     )
     # Chroma itself is on a network only the gate shares: not even resolvable.
     assert found["direct"] in {"URLError", "gaierror", "OSError", "TimeoutError"}, found
-    assert found["anonymous"] == 401 and found["wrong"] == 401 and found["collections"] == 401
+    assert found["anonymous"] == 401 and found["wrong"] == 401 and found["count"] == 401
     assert found["token"] == 200, found
+    # With the token, an agent gets the memory API, not Chroma's (no listing, no delete).
+    assert found["chroma_api"] == 404, found
     # A container that is not a memory client cannot reach the gate at all.
     outsider = run_in(
         compose_mesh,

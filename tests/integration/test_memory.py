@@ -1,4 +1,8 @@
-"""MemoryClient against a real Chroma server process (``chroma run``)."""
+"""MemoryClient through the real memory service, in front of a real Chroma (``chroma run``).
+
+The agents' client speaks only the memory service's narrow API; the service embeds
+and talks to Chroma. Every call here goes that whole way.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,22 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from agentmesh_shared.memory import MemoryClient, MemoryHit, MemoryUnavailableError
+from agentmesh_shared.memory import (
+    MemoryAuthError,
+    MemoryClient,
+    MemoryClientError,
+    MemoryHit,
+    MemoryUnavailableError,
+)
 
-from tests.support.chroma_server import free_port, start_chroma
+from tests.support.chroma_server import free_port, start_chroma, start_memory_service
 
 pytestmark = pytest.mark.integration
+
+
+TOKEN = "memory-test-token"
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +39,16 @@ def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def service_url(chroma_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with start_memory_service(chroma_url, tmp_path_factory.mktemp("memory"), TOKEN) as url:
+        yield url
+
+
 @pytest.fixture
-def memory(chroma_url: str) -> MemoryClient:
+def memory(service_url: str) -> MemoryClient:
     # a fresh collection per test, so counts and rankings do not leak between tests
-    return MemoryClient(chroma_url, collection=f"test-{uuid.uuid4().hex[:12]}")
+    return MemoryClient(service_url, collection=f"test-{uuid.uuid4().hex[:12]}", token=TOKEN)
 
 
 NOTES = {
@@ -107,9 +127,10 @@ def test_heartbeat(memory: MemoryClient) -> None:
     assert memory.heartbeat() is True
 
 
-def test_clients_share_the_collection(chroma_url: str) -> None:
+def test_clients_share_the_collection(service_url: str) -> None:
     name = f"test-{uuid.uuid4().hex[:12]}"
-    writer, reader = MemoryClient(chroma_url, name), MemoryClient(chroma_url, name)
+    writer = MemoryClient(service_url, name, token=TOKEN)
+    reader = MemoryClient(service_url, name, token=TOKEN)
     writer.store("shared-1", "agents share one memory", {"task_id": "t"})
     assert reader.count() == 1
     assert reader.search("shared memory of agents", k=1)[0].id == "shared-1"
@@ -177,12 +198,45 @@ def test_5xx_is_retried_then_reported() -> None:
         server.server_close()
 
 
-def test_server_restart_is_survived(tmp_path: Path) -> None:
-    """A client outlives a restart of the server (same data directory)."""
+def test_a_chroma_restart_behind_the_service_is_survived(tmp_path: Path) -> None:
+    """The service and its client outlive a restart of Chroma (same data directory)."""
     port, data = free_port(), tmp_path / "data"
-    with start_chroma(port, data) as url:
-        client = MemoryClient(url, "restart-test")
-        client.store("r-1", "written before the restart", {"task_id": "t"})
-    with start_chroma(port, data):
-        assert client.count() == 1
-        assert client.search("before the restart", k=1)[0].id == "r-1"
+    with start_memory_service(f"http://127.0.0.1:{port}", tmp_path / "service", TOKEN) as url:
+        client = MemoryClient(url, "restart-test", token=TOKEN)
+        with start_chroma(port, data):
+            client.store("r-1", "written before the restart", {"task_id": "t"})
+        with start_chroma(port, data):
+            assert client.count() == 1
+            assert client.search("before the restart", k=1)[0].id == "r-1"
+
+
+def test_the_service_wants_its_token(service_url: str) -> None:
+    with pytest.raises(MemoryAuthError, match="chroma_token"):
+        MemoryClient(service_url, token="wrong").count()
+    with pytest.raises(MemoryAuthError):
+        MemoryClient(service_url).search("anything")
+    assert MemoryClient(service_url, token="wrong").heartbeat() is False
+    assert MemoryClient(service_url, token=TOKEN).heartbeat() is True
+
+
+def test_chromas_own_api_is_not_reachable_through_the_service(service_url: str) -> None:
+    """An agent holding the token can store and search notes, nothing more of Chroma."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    collections = "/api/v2/tenants/default_tenant/databases/default_database/collections"
+    with httpx.Client(base_url=service_url, headers=auth, trust_env=False) as http:
+        assert http.get("/api/v2/heartbeat").status_code == 404
+        assert http.get(collections).status_code == 404
+        assert http.delete(f"{collections}/agentmesh-memory").status_code in {404, 405}
+        assert http.post("/api/v2/reset").status_code == 404
+
+
+def test_bad_requests_get_the_services_reason(memory: MemoryClient) -> None:
+    memory.store("n", "a note", {"task_id": "t"})
+    with pytest.raises(MemoryClientError, match="422") as err:
+        memory.search("note", where={"$bogus": [1]})
+    assert not isinstance(err.value, MemoryUnavailableError)
+    with pytest.raises(MemoryClientError, match="422"):
+        memory.store("big", "x" * 100_001, {})
+    with pytest.raises(MemoryClientError, match="422"):
+        MemoryClient(memory.url, "no", token=TOKEN).count()  # not a collection name
+    assert memory.count() == 1

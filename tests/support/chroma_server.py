@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -168,3 +169,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@contextmanager
+def start_memory_service(
+    chroma_url: str, root: Path, token: str = "memory-test-token", timeout_s: float = 60.0
+) -> Iterator[str]:
+    """The memory service (``agentmesh_orchestrator.memory_gate``) in front of
+    ``chroma_url``, as a process; yields its URL. Its clients send ``token``."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = root / "memory-service.log"
+    env = {
+        **os.environ,
+        "AGENTMESH_SECRETS_DIR": str(root / "no-secrets"),
+        "AGENTMESH_MEMORY_GATE_UPSTREAM": chroma_url,
+        "AGENTMESH_MEMORY_GATE_PORT": str(port),
+        "CHROMA_TOKEN": token,
+    }
+    with log_path.open("ab") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentmesh_orchestrator.memory_gate"],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ChromaServerError(
+                    f"the memory service exited ({proc.returncode}); its log:\n{_log_tail(log_path)}"
+                )
+            with suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=1.0, trust_env=False).is_success:
+                    break
+            if time.monotonic() > deadline:
+                raise ChromaServerError(
+                    f"the memory service did not listen within {timeout_s:.0f}s; "
+                    f"its log:\n{_log_tail(log_path)}"
+                )
+            time.sleep(0.1)
+        yield url
+    finally:
+        _stop(proc)

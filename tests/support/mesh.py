@@ -191,7 +191,6 @@ class LocalMesh:
             env.update(
                 {
                     "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint,
-                    "OTEL_EXPORTER_OTLP_INSECURE": "true",
                     "AGENTMESH_TRACES_FILE": str(self.traces_file),
                 }
             )
@@ -306,8 +305,7 @@ class LocalMesh:
         return url
 
     def start_memory_gate(self, chroma_url: str) -> None:
-        """The memory service's authenticating front before ``chroma_url``; the mesh's
-        processes use the gate's URL."""
+        """The memory service before ``chroma_url``; the mesh's processes use its URL."""
         self.chroma_direct_url = chroma_url
         self.procs["memory-gate"] = Proc(
             "memory-gate",
@@ -453,7 +451,7 @@ def local_mesh(
         mesh.start_redis()
         if tracing:
             collector = stack.enter_context(start_collector(root / "collector"))
-            mesh.otlp_endpoint, mesh.traces_file = collector.grpc_endpoint, collector.traces_file
+            mesh.otlp_endpoint, mesh.traces_file = collector.http_endpoint, collector.traces_file
         mesh.start_memory_gate(stack.enter_context(start_chroma(free_port(), root / "chroma")))
         mesh.start_llm()
         mesh.start_orchestrator()

@@ -27,7 +27,7 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 import pytest
-from agentmesh_shared.memory.embedding import (
+from agentmesh_orchestrator.embedding import (
     EMBEDDING_DIM,
     MAX_SEQ_LENGTH,
     MiniLMEmbedder,
@@ -223,7 +223,7 @@ def test_float16_weights_match_the_reference_within_tolerance(
 
 _THREADS_AFTER_A_MATMUL = """
 import os, sys
-import agentmesh_shared.memory  # before numpy, as in every service
+import agentmesh_orchestrator.embedding  # before numpy, as in the memory service
 import numpy as np
 np.ones((256, 256), dtype=np.float32) @ np.ones((256, 256), dtype=np.float32)
 status = open(f"/proc/{os.getpid()}/status").read()

@@ -267,7 +267,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         except redis.RedisError as err:
             checks["redis"] = f"unreachable: {type(err).__name__}"
         try:
-            url = str(settings.chroma_url).rstrip("/") + "/api/v2/heartbeat"
+            url = str(settings.chroma_url).rstrip("/") + "/v1/heartbeat"  # the memory service
             httpx.get(url, timeout=2.0, headers=chroma_auth).raise_for_status()
             checks["chroma"] = "ok"
         except httpx.HTTPError as err:

@@ -1,189 +1,223 @@
-"""``python -m agentmesh_orchestrator.memory_gate``: the memory service's authenticating front.
+"""``python -m agentmesh_orchestrator.memory_gate``: the memory service agents call.
 
 Chroma 1.x (its Rust server) has no authentication of its own, so it sits on a
-network that only this gate reaches; the gate checks ``Authorization: Bearer <token>``
-(the ``chroma_token`` secret, compared in constant time) on every request and forwards
-it unchanged, minus the token, to Chroma. ``/healthz`` answers without a token
-(it says only that the gate is up). A request without the right token gets a 401
-with a sentence and never reaches Chroma.
+network only this service reaches. Agents get a narrow memory API instead of Chroma's
+(see ``agentmesh_shared.memory.client`` for the calls): store a note, search, get
+one, count. The service checks ``Authorization: Bearer <token>`` (the ``chroma_token``
+secret, compared in constant time) on every call but ``/healthz``, embeds the text
+with the MiniLM model it holds (so no agent image carries an embedding stack), and
+talks to Chroma itself. Nothing else of Chroma's API (deleting a collection, listing
+tenants, resetting) is reachable from an agent.
 
 Settings: ``AGENTMESH_MEMORY_GATE_UPSTREAM`` (Chroma's URL),
-``AGENTMESH_MEMORY_GATE_HOST``/``_PORT`` (where the gate listens), the token from the
-``chroma_token`` secret or ``CHROMA_TOKEN``. Request bodies are bounded
-(``AGENTMESH_MEMORY_GATE_MAX_BODY_MB``).
+``AGENTMESH_MEMORY_GATE_HOST``/``_PORT`` (where the service listens), the token from
+the ``chroma_token`` secret or ``CHROMA_TOKEN``. Request bodies are bounded
+(``AGENTMESH_MEMORY_GATE_MAX_BODY_MB``), and so is every field of a call.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
 
-import httpx
 import uvicorn
 from agentmesh_shared.logs import setup_logging
+from agentmesh_shared.memory import MemoryClientError, MemoryHit, MemoryUnavailableError
+from agentmesh_shared.memory.client import MetadataValue
 from agentmesh_shared.settings import Settings, SettingsError, settings_or_exit
-from starlette.types import Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentmesh_orchestrator.chroma_memory import ChromaMemory
 
 log = logging.getLogger("agentmesh.memory_gate")
+T = TypeVar("T")
 
 UNAUTHORIZED = (
     "missing or wrong memory token: send 'Authorization: Bearer <token>' with the token "
     "in the chroma_token secret (CHROMA_TOKEN)"
 )
-# Hop-by-hop headers (RFC 9110 7.6.1) and what the gate sets itself.
-_DROP = frozenset(
-    {
-        b"authorization",
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-    }
-)
-# Uvicorn sets date and server itself; the body is re-framed, so transfer-encoding goes.
-_DROP_REPLY = (_DROP - {b"content-length"}) | {b"date", b"server"}
+Collection = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$",
+        description="Chroma's collection name rules: 3-63 characters",
+    ),
+]
 
 
-async def _reply(
-    send: Send, status: int, detail: str, extra: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    body = json.dumps({"detail": detail} if status != 200 else {"status": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *extra,
-            ],
-        }
+class NoteIn(BaseModel):
+    id: str = Field(min_length=1, max_length=512)
+    text: str = Field(max_length=100_000)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+
+
+class SearchIn(BaseModel):
+    query: str = Field(min_length=1, max_length=20_000)
+    k: int = Field(5, ge=1, le=100)
+    where: dict[str, Any] | None = Field(
+        None, description="a Chroma metadata filter; flat {key: value} pairs are ANDed"
     )
-    await send({"type": "http.response.body", "body": body})
 
 
-class MemoryGate:
-    """An ASGI app: token check, then a streaming forward to ``upstream``."""
+class SearchOut(BaseModel):
+    hits: list[MemoryHit]
 
-    def __init__(self, upstream: str, token: str, *, max_body_bytes: int) -> None:
-        if not token:
-            msg = (
-                "the memory token is not set: run scripts/secrets.sh (make up does) to create "
-                "secrets/chroma_token, or set CHROMA_TOKEN"
-            )
-            raise SettingsError(msg)
-        self.upstream = upstream.rstrip("/")
-        self._token = token.encode()
-        self._max_body = max_body_bytes
-        self._http: httpx.AsyncClient | None = None
 
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, presented = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    presented.strip(), self._token
-                )
-        return False
+class CountOut(BaseModel):
+    count: int
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413, unread further."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        if scope["path"] == "/healthz":
-            await _reply(send, 200, "ok")
-            return
-        if not self._authorized(scope):
-            await _reply(send, 401, UNAUTHORIZED, [(b"www-authenticate", b'Bearer realm="memory"')])
-            return
-        body = await self._body(receive)
-        if body is None:
-            await _reply(send, 413, f"request body over {self._max_body} bytes")
-            return
-        await self._forward(scope, body, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self._http = httpx.AsyncClient(
-                    base_url=self.upstream,
-                    timeout=httpx.Timeout(60.0, connect=5.0),
-                    trust_env=False,
-                )
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._http is not None:
-                    await self._http.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
         size = 0
         while True:
             message: Message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
-                return None
+            if size > self.max_bytes:
+                reply = JSONResponse(
+                    {"detail": f"request body over {self.max_bytes} bytes"}, status_code=413
+                )
+                await reply(scope, receive, send)
+                return
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                break
+        body = b"".join(chunks)
+        sent = False
 
-    async def _forward(self, scope: Scope, body: bytes, send: Send) -> None:
-        assert self._http is not None, "lifespan startup did not run"
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope["headers"]
-            if name not in _DROP
-        ]
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = scope["path"] + (f"?{query}" if query else "")
-        request = self._http.build_request(scope["method"], url, headers=headers, content=body)
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as err:
-            log.warning("memory upstream %s failed: %s", self.upstream, err)
-            await _reply(send, 502, f"memory service unreachable: {type(err).__name__}")
-            return
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": [
-                        (name, value)
-                        for name, value in response.headers.raw
-                        if name.lower() not in _DROP_REPLY
-                    ],
-                }
-            )
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await response.aclose()
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # the disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
-def create_gate(settings: Settings) -> MemoryGate:
+class Stores:
+    """One :class:`ChromaMemory` per collection, made on first use (thread-safe)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._lock = threading.Lock()
+        self._stores: dict[str, ChromaMemory] = {}
+
+    def __call__(self, collection: str) -> ChromaMemory:
+        with self._lock:
+            store = self._stores.get(collection)
+            if store is None:
+                store = self._stores[collection] = ChromaMemory(self.upstream, collection)
+            return store
+
+
+def create_gate(settings: Settings) -> ASGIApp:
+    """The memory service's app; :class:`SettingsError` when it has no token."""
     token = settings.chroma_token.get_secret_value() if settings.chroma_token else ""
-    return MemoryGate(
-        str(settings.memory_gate_upstream),
-        token,
-        max_body_bytes=settings.memory_gate_max_body_mb * 1024 * 1024,
+    if not token:
+        msg = (
+            "the memory token is not set: run scripts/secrets.sh (make up does) to create "
+            "secrets/chroma_token, or set CHROMA_TOKEN"
+        )
+        raise SettingsError(msg)
+    expected = token.encode()
+    stores = Stores(str(settings.memory_gate_upstream).rstrip("/"))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from agentmesh_orchestrator.embedding import get_embedder  # noqa: PLC0415 - heavy
+
+        # Load the model before the first call, not during it.
+        await run_in_threadpool(lambda: get_embedder().embed_array(["warm-up"]))
+        yield
+
+    app = FastAPI(
+        title="agentmesh memory service",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+
+    def authorized(request: Request) -> None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), expected
+        ):
+            raise HTTPException(
+                status_code=401,
+                detail=UNAUTHORIZED,
+                headers={"WWW-Authenticate": 'Bearer realm="memory"'},
+            )
+
+    async def call(fn: Callable[[], T]) -> T:
+        try:
+            return await run_in_threadpool(fn)
+        except MemoryUnavailableError as err:
+            log.warning("memory store unavailable: %s", err)
+            raise HTTPException(status_code=503, detail=str(err)) from None
+        except (ValueError, TypeError) as err:
+            # chromadb's own validation: a malformed where filter, say
+            raise HTTPException(status_code=422, detail=f"Chroma refused it: {err}") from None
+        except MemoryClientError as err:
+            raise HTTPException(status_code=502, detail=str(err)) from None
+
+    guarded = [Depends(authorized)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/heartbeat", dependencies=guarded)
+    async def heartbeat() -> Response:
+        up = await run_in_threadpool(stores(settings.memory_collection).heartbeat)
+        return JSONResponse(
+            {"status": "ok" if up else "the memory store does not answer"},
+            status_code=200 if up else 503,
+        )
+
+    @app.post("/v1/collections/{collection}/notes", status_code=204, dependencies=guarded)
+    async def store(collection: Collection, note: NoteIn) -> Response:
+        await call(lambda: stores(collection).store(note.id, note.text, note.metadata))
+        return Response(status_code=204)
+
+    @app.post("/v1/collections/{collection}/search", dependencies=guarded)
+    async def search(collection: Collection, query: SearchIn) -> SearchOut:
+        hits = await call(lambda: stores(collection).search(query.query, query.k, query.where))
+        return SearchOut(hits=hits)
+
+    @app.get("/v1/collections/{collection}/notes/{note_id}", dependencies=guarded)
+    async def get(collection: Collection, note_id: str) -> MemoryHit:
+        hit = await call(lambda: stores(collection).get(note_id))
+        if hit is None:
+            raise HTTPException(status_code=404, detail=f"no note {note_id!r} in {collection}")
+        return hit
+
+    @app.get("/v1/collections/{collection}/count", dependencies=guarded)
+    async def count(collection: Collection) -> CountOut:
+        return CountOut(count=await call(stores(collection).count))
+
+    return BodyLimit(app, settings.memory_gate_max_body_mb * 1024 * 1024)
 
 
 def main() -> int:

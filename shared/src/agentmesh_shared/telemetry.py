@@ -1,7 +1,7 @@
 """The one telemetry set-up every service calls, and W3C trace-context helpers.
 
 Traces and metrics are always produced in-process (so every task has a real trace
-id); they are exported over OTLP, batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT``
+id); they are exported over OTLP/HTTP (protobuf), batched, only when ``OTEL_EXPORTER_OTLP_ENDPOINT``
 is set — in the mesh, the collector sidecar. ``shutdown_telemetry`` flushes both on
 the way out. Prompt and completion text are recorded on LLM spans only when
 ``AGENTMESH_TRACE_CONTENT=true``.
@@ -16,8 +16,8 @@ import threading
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import context, metrics, propagate, trace
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
