@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ from tests.support.chroma_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 # AGENTMESH_E2E_PROJECT lets several checkouts run the tier side by side.
 PROJECT = os.environ.get("AGENTMESH_E2E_PROJECT", "agentmesh-e2e")
+# The outside world's network is a block of TEST-NET-2 (198.51.100.0/24); two
+# projects' networks may not overlap, so each project takes one of its sixteen /28s.
+_BLOCK = 16 * (zlib.crc32(PROJECT.encode()) % 16)
+OUTSIDE_SUBNET = f"198.51.100.{_BLOCK}/28"
+OUTSIDE_IP = f"198.51.100.{_BLOCK + 10}"
 # The outside world: a test HTTP server only the egress proxy can reach.
 OUTSIDE_WORLD = ROOT / "tests" / "e2e" / "compose.outside.yaml"
 FETCH_ALLOWLIST = "allowed.example.test"
@@ -124,6 +130,7 @@ def _write_env(path: Path, api_port: int) -> None:
         f"AGENTMESH_FETCH_ALLOWLIST={FETCH_ALLOWLIST}\n"
         # The egress proxy publishes Flower's port too: a free one, like the API's.
         f"AGENTMESH_FLOWER_PORT={free_port()}\n"
+        f"E2E_OUTSIDE_SUBNET={OUTSIDE_SUBNET}\nE2E_OUTSIDE_IP={OUTSIDE_IP}\n"
     )
 
 

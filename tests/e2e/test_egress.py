@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ComposeMesh
+from tests.e2e.conftest import OUTSIDE_IP, ComposeMesh
 
-OUTSIDE_IP = "198.51.100.80"
 AGENTS = ("orchestrator", "planner", "researcher", "coder", "gateway", "llm", "memory-gate")
 
 
@@ -125,7 +124,7 @@ def test_the_proxy_tells_its_clients_apart(compose_mesh: ComposeMesh) -> None:
 NO_ROUTE_PROBE = """
 import json, socket
 out = {}
-for name, target in {"outside by address": ("198.51.100.80", 80),
+for name, target in {"outside by address": ("OUTSIDE_IP", 80),
                      "outside by name": ("allowed.example.test", 80),
                      "internet": ("1.1.1.1", 443)}.items():
     try:
@@ -141,7 +140,7 @@ print(json.dumps(out))
 def test_no_container_but_the_proxy_has_a_route_out(
     compose_mesh: ComposeMesh, service: str
 ) -> None:
-    found = _python(compose_mesh, service, NO_ROUTE_PROBE)
+    found = _python(compose_mesh, service, NO_ROUTE_PROBE.replace("OUTSIDE_IP", OUTSIDE_IP))
     assert "connected" not in found.values(), found
     for container in compose_mesh.containers(service):
         networks = compose_mesh.inspect(container)["NetworkSettings"]["Networks"]  # type: ignore[index]
