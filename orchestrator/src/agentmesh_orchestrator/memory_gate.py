@@ -147,8 +147,14 @@ def create_gate(settings: Settings) -> ASGIApp:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         from agentmesh_orchestrator.embedding import get_embedder  # noqa: PLC0415 - heavy
 
-        # Load the model before the first call, not during it.
-        await run_in_threadpool(lambda: get_embedder().embed_array(["warm-up"]))
+        def warm_up() -> None:
+            # The model and the Chroma client load before the first call, not during
+            # it (together seconds on a busy host: longer than a readiness probe
+            # waits). Chroma being down now is no reason not to start.
+            get_embedder().embed_array(["warm-up"])
+            stores(settings.memory_collection).heartbeat()
+
+        await run_in_threadpool(warm_up)
         yield
 
     app = FastAPI(
