@@ -23,7 +23,8 @@
 # Environment (all optional):
 #   AGENTMESH_IMAGE_SOURCE     official | offline (default: decided by a test pull)
 #   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
-#   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest)
+#   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest; the
+#                              offline stand-ins are then tagged offline-<tag>)
 #   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
 #   AGENTMESH_DEBIAN_SECURITY  Debian security mirror (default: the host's)
 #   OFFICIAL_PYTHON_IMAGE, OFFICIAL_REDIS_IMAGE, OFFICIAL_CHROMA_IMAGE,
@@ -44,6 +45,10 @@ DEBIAN_SUITE=bookworm
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 BASE_PACKAGES=python3,python3-venv,ca-certificates,netbase,usr-is-merged
 IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
+# The offline stand-ins follow a non-default tag too, so two checkouts building side
+# by side (AGENTMESH_IMAGE_TAG=a, =b) never replace each other's images.
+STANDIN_TAG=offline
+[ "$IMAGE_TAG" = latest ] || STANDIN_TAG=offline-$IMAGE_TAG
 SERVICES=(orchestrator researcher coder)
 declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/researcher [coder]=agents/coder)
 declare -A SERVICE_SCRIPTS=(
@@ -335,7 +340,7 @@ build_offline_infra() {
 	fetch_debs "$BUILD/offline/debs/redis" redis-server
 	context=$(stand_in_context redis)
 	cp -al "$BUILD/offline/debs/redis" "$context/debs"
-	docker_build redis-offline agentmesh/redis:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+	docker_build redis-offline agentmesh/redis:$STANDIN_TAG --build-arg "BASE_IMAGE=$BASE_IMAGE" \
 		--build-arg "REDIS_VERSION=$(deb_version redis-server "$context/debs")" "$context"
 
 	chroma_version=$(lock_version chromadb-client)
@@ -346,7 +351,7 @@ build_offline_infra() {
 	context=$(stand_in_context chroma)
 	cp -al "$BUILD/offline/$PYTHON_TAG/chroma" "$context/wheels"
 	cp -al "$WHEELHOUSE/tools" "$context/tools"
-	docker_build chroma-offline agentmesh/chroma:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+	docker_build chroma-offline agentmesh/chroma:$STANDIN_TAG --build-arg "BASE_IMAGE=$BASE_IMAGE" \
 		--build-arg "CHROMA_VERSION=$chroma_version" "$context"
 
 	fetch_debs "$BUILD/offline/debs/otel-collector" libpython3.11
@@ -356,17 +361,17 @@ build_offline_infra() {
 	context=$(stand_in_context otel-collector)
 	cp -al "$BUILD/offline/$PYTHON_TAG/rotel" "$context/wheels"
 	cp -al "$BUILD/offline/debs/otel-collector" "$context/debs"
-	docker_build otel-collector-offline agentmesh/otel-collector:offline \
+	docker_build otel-collector-offline agentmesh/otel-collector:$STANDIN_TAG \
 		--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "ROTEL_VERSION=$rotel_version" "$context"
 
-	if ! { docker run --rm agentmesh/redis:offline redis-server --version >/dev/null &&
-		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:offline -c 'import chromadb_rust_bindings' &&
-		docker run --rm agentmesh/otel-collector:offline version >/dev/null; }; then
+	if ! { docker run --rm agentmesh/redis:$STANDIN_TAG redis-server --version >/dev/null &&
+		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:$STANDIN_TAG -c 'import chromadb_rust_bindings' &&
+		docker run --rm agentmesh/otel-collector:$STANDIN_TAG version >/dev/null; }; then
 		die "a stand-in image failed its smoke test"
 	fi
-	REDIS_IMAGE=agentmesh/redis:offline
-	CHROMA_IMAGE=agentmesh/chroma:offline
-	COLLECTOR_IMAGE=agentmesh/otel-collector:offline
+	REDIS_IMAGE=agentmesh/redis:$STANDIN_TAG
+	CHROMA_IMAGE=agentmesh/chroma:$STANDIN_TAG
+	COLLECTOR_IMAGE=agentmesh/otel-collector:$STANDIN_TAG
 	COLLECTOR_FLAVOR=rotel
 }
 
