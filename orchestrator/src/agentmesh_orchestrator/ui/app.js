@@ -36,7 +36,7 @@ function signInView(main) {
     message.replaceChildren();
     session.signIn(input.value.trim());
     try {
-      await api("/workers");
+      await api("/workers", { signOutOn401: false });
       route();
     } catch (err) {
       session.signOut();

@@ -19,7 +19,8 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body, signal } = {}) {
+// A 401 signs the tab out (the token was refused), unless `signOutOn401` is false.
+export async function api(path, { method = "GET", body, signal, signOutOn401 = true } = {}) {
   const headers = { Authorization: `Bearer ${session.token() ?? ""}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const reply = await fetch(path, {
@@ -32,7 +33,7 @@ export async function api(path, { method = "GET", body, signal } = {}) {
     redirect: "error",
   });
   const data = await reply.json().catch(() => null);
-  if (reply.status === 401) {
+  if (reply.status === 401 && signOutOn401) {
     session.signOut();
     window.dispatchEvent(new Event("agentmesh:signed-out"));
   }
