@@ -5,20 +5,17 @@ that stays text, cancel, the waterfall of a 500-span trace, 1,000 stored tasks."
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from agentmesh_shared import keys
-from agentmesh_shared.models import TaskLimits, TaskRecord, TaskStatus, Usage, new_id
+from agentmesh_shared.models import TaskStatus
 from selenium import webdriver
 
 from tests.support.browser import Dashboard, chromium
+from tests.support.dashboard_data import append_trace, seed_finished_tasks
 from tests.support.mesh import LocalMesh
-from tests.support.otlp_json import Service, json_line
 
 pytestmark = pytest.mark.integration
 
@@ -123,31 +120,12 @@ def test_workers_and_queues_are_listed_live(page: Dashboard) -> None:
     page.shot("integration-workers")
 
 
-def _seed_tasks(mesh: LocalMesh, count: int) -> list[TaskRecord]:
-    """Finished tasks written straight into the store (nothing for planners to do)."""
-    client = redis.Redis.from_url(mesh.redis_url, decode_responses=True)
-    records = []
-    pipe = client.pipeline()
-    start = time.time() - count
-    for i in range(count):
-        record = TaskRecord(
-            id=new_id(),
-            text=f"seeded task {i}",
-            status=TaskStatus.FAILED if i % 4 == 0 else TaskStatus.SUCCEEDED,
-            limits=TaskLimits(max_steps=3, token_budget=1000, timeout_s=60),
-            usage=Usage(input_tokens=10, output_tokens=1),
-            created_at=start + i,
-            finished_at=start + i + 0.5,
-        )
-        pipe.set(keys.task(record.id), record.model_dump_json(), ex=3600)
-        pipe.zadd(keys.TASK_INDEX, {record.id: record.created_at})
-        records.append(record)
-    pipe.execute()
-    return records
+def _redis(mesh: LocalMesh) -> redis.Redis:
+    return redis.Redis.from_url(mesh.redis_url, decode_responses=True)
 
 
 def test_a_thousand_tasks_page_and_filter(page: Dashboard, mesh: LocalMesh) -> None:
-    records = _seed_tasks(mesh, 1000)
+    records = seed_finished_tasks(_redis(mesh), 1000)
     page.signed_in()
     page.wait(lambda d: "stored" in page.text("#task-count"), "the count")
     stored = int(page.text("#task-count").split("·")[1].split()[0].replace(",", ""))
@@ -170,41 +148,9 @@ def test_a_thousand_tasks_page_and_filter(page: Dashboard, mesh: LocalMesh) -> N
     page.shot("integration-tasks-1000")
 
 
-def _append_trace(mesh: LocalMesh, spans: int) -> TaskRecord:
-    """A finished task whose trace has ``spans`` spans over three services, in the
-    collector's own file (one line, appended whole)."""
-    assert mesh.traces_file is not None
-    services = {
-        name: Service(name, f"{name}-9") for name in ("orchestrator", "researcher", "coder")
-    }
-    names = list(services)
-    with services["orchestrator"].tracer.start_as_current_span("task.submit") as root:
-        for i in range(spans - 1):
-            with services[names[i % 3]].tracer.start_as_current_span(
-                f"chat step {i}",
-                attributes={
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.usage.input_tokens": 7,
-                    "gen_ai.usage.output_tokens": 3,
-                },
-            ):
-                time.sleep(0.0005)
-    line = "".join(json_line(s.spans()) for s in services.values())
-    fd = os.open(mesh.traces_file, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-    record = _seed_tasks(mesh, 1)[0]
-    record.trace_id = format(root.get_span_context().trace_id, "032x")
-    record.usage = Usage(input_tokens=7 * (spans - 1))
-    client = redis.Redis.from_url(mesh.redis_url, decode_responses=True)
-    client.set(keys.task(record.id), record.model_dump_json(), ex=3600)
-    return record
-
-
 def test_a_500_span_trace_is_drawn_as_a_waterfall(page: Dashboard, mesh: LocalMesh) -> None:
-    record = _append_trace(mesh, 500)
+    assert mesh.traces_file is not None
+    record = append_trace(_redis(mesh), mesh.traces_file, 500)
     page.signed_in()
     page.open(f"ui/#/tasks/{record.id}/trace")
     page.wait(lambda d: len(page.all("#waterfall .span-row[data-span-id]")) == 500, "500 span rows")
