@@ -25,6 +25,8 @@
 #   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
 #   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest; the
 #                              offline stand-ins are then tagged offline-<tag>)
+#   AGENTMESH_BUILD_NO_CACHE   1: build every layer anew (docker build --no-cache), e.g.
+#                              when the smoke test finds a cached layer missing files
 #   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
 #   AGENTMESH_DEBIAN_SECURITY  Debian security mirror (default: the host's)
 #   OFFICIAL_PYTHON_IMAGE, OFFICIAL_REDIS_IMAGE, OFFICIAL_CHROMA_IMAGE,
@@ -81,7 +83,9 @@ docker_build() {
 	local began=$SECONDS previous
 	previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 	mkdir -p "$LOGS"
-	if ! docker build --tag "$tag" "$@" >"$LOGS/$name.log" 2>&1; then
+	local no_cache=()
+	[ "${AGENTMESH_BUILD_NO_CACHE:-0}" = 1 ] && no_cache=(--no-cache)
+	if ! docker build "${no_cache[@]}" --tag "$tag" "$@" >"$LOGS/$name.log" 2>&1; then
 		tail -n 40 "$LOGS/$name.log" >&2
 		die "building $name failed (full log: $LOGS/$name.log)"
 	fi
@@ -262,9 +266,16 @@ smoke_test_service_images() {
 		packages="agentmesh_shared agentmesh_$service"
 		docker run --rm --network none --read-only --cap-drop ALL \
 			--security-opt no-new-privileges "agentmesh/$service:$IMAGE_TAG" python -c "
-import importlib, os, shutil, sys
+import importlib, importlib.metadata, os, shutil, sys
 for package in '$packages'.split():
     importlib.import_module(package)
+# Every module each installed distribution recorded is there (test suites are pruned): a layer that lost one
+# (seen once when a cached COPY of the venv came out short) fails here, not at start.
+lost = [d.metadata['Name'] + ': ' + str(f) for d in importlib.metadata.distributions()
+        for f in (d.files or ()) if f.suffix == '.py' and 'tests' not in f.parts and not f.locate().exists()]
+if lost:
+    sys.exit(f'{len(lost)} installed files are missing, e.g. {lost[:3]}: rebuild with AGENTMESH_BUILD_NO_CACHE=1')
+import anthropic  # the SDK every service calls the model with, imported whole
 from agentmesh_shared.memory import get_embedder
 get_embedder().embed(['the embedding model loads as the service user'])
 missing = [s for s in '${SERVICE_SCRIPTS[$service]}'.split() if not shutil.which(s)]
