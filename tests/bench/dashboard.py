@@ -46,6 +46,7 @@ def _p50_ms(call: Callable[[], Any], n: int) -> float:
 
 def bench_dashboard(root: Path, n: int) -> dict[str, Any]:
     traces_file = root / "traces.jsonl"
+    (root / "redis").mkdir(parents=True, exist_ok=True)
     with redis_server(root / "redis") as client:
         store = TaskStore(client)
         app = FastAPI()

@@ -36,7 +36,7 @@ function signInView(main) {
     message.replaceChildren();
     session.signIn(input.value.trim());
     try {
-      await api("/workers", { signOutOn401: false });
+      await api("/dashboard/tasks?limit=1", { signOutOn401: false });
       route();
     } catch (err) {
       session.signOut();
