@@ -258,8 +258,9 @@ def test_queue_depths_count_each_roles_waiting_messages(r: redis.Redis) -> None:
 def test_the_page_is_served_without_the_token_and_its_data_only_with_it(r: redis.Redis) -> None:
     client = _client(TaskStore(r))
 
-    root = client.get("/", follow_redirects=False)
-    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    for path in ("/", "/ui"):
+        root = client.get(path, follow_redirects=False)
+        assert root.status_code == 307 and root.headers["location"] == "/ui/"
     for path, kind in (
         ("/ui/", "text/html"),
         ("/ui/app.js", "text/javascript"),

@@ -81,7 +81,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         # about tasks.
         telemetry={
             "exclude": lambda scope: (
-                scope.get("path") in {"/healthz", "/readyz", "/"}
+                scope.get("path") in {"/healthz", "/readyz", "/", "/ui"}
                 or str(scope.get("path", "")).startswith(("/ui/", "/dashboard/"))
             ),
             "operation_spans": False,

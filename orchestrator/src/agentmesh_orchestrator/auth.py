@@ -22,7 +22,7 @@ import json
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui"})
 # The dashboard's static files (HTML, CSS, scripts): a browser loads them without a
 # header; they hold no data (what the page shows, it reads with the token).
 OPEN_PREFIXES = ("/ui/",)

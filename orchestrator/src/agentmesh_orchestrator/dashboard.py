@@ -134,6 +134,7 @@ def register_dashboard(
     files = _ui_files()
 
     @app.get("/", include_in_schema=False)
+    @app.get(UI_PREFIX.rstrip("/"), include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse(UI_PREFIX, status_code=307)
 
