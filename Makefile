@@ -44,6 +44,7 @@ demo: ## start the mesh with the SCRIPTED model (if not already) and run a sampl
 _next:
 	@echo ""
 	@echo "agentmesh is up (model mode: $$(grep -s '^AGENTMESH_MODE=' .env | cut -d= -f2)); API on http://127.0.0.1:$${AGENTMESH_API_PORT:-8080}"
+	@echo "  dashboard: http://127.0.0.1:$${AGENTMESH_API_PORT:-8080}/ (sign in with the token in secrets/api_token)"
 	@echo "  make submit TASK=\"...\"        or: $(COMPOSE) exec orchestrator orchestrator submit \"...\" --wait"
 	@echo "  make scale researcher=3 coder=2 planner=2"
 	@echo "  make logs SERVICE=researcher    make ps    make down"

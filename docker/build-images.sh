@@ -23,7 +23,10 @@
 # Environment (all optional):
 #   AGENTMESH_IMAGE_SOURCE     official | offline (default: decided by a test pull)
 #   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
-#   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest)
+#   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest; the
+#                              offline stand-ins are then tagged offline-<tag>)
+#   AGENTMESH_BUILD_NO_CACHE   1: build every layer anew (docker build --no-cache), e.g.
+#                              when the smoke test finds a cached layer missing files
 #   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
 #   AGENTMESH_DEBIAN_SECURITY  Debian security mirror (default: the host's)
 #   OFFICIAL_PYTHON_IMAGE, OFFICIAL_REDIS_IMAGE, OFFICIAL_CHROMA_IMAGE,
@@ -44,6 +47,10 @@ DEBIAN_SUITE=bookworm
 DEBIAN_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 BASE_PACKAGES=python3,python3-venv,ca-certificates,netbase,usr-is-merged
 IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
+# The offline stand-ins follow a non-default tag too, so two checkouts building side
+# by side (AGENTMESH_IMAGE_TAG=a, =b) never replace each other's images.
+STANDIN_TAG=offline
+[ "$IMAGE_TAG" = latest ] || STANDIN_TAG=offline-$IMAGE_TAG
 SERVICES=(orchestrator researcher coder)
 declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/researcher [coder]=agents/coder)
 declare -A SERVICE_SCRIPTS=(
@@ -76,7 +83,9 @@ docker_build() {
 	local began=$SECONDS previous
 	previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 	mkdir -p "$LOGS"
-	if ! docker build --tag "$tag" "$@" >"$LOGS/$name.log" 2>&1; then
+	local no_cache=()
+	[ "${AGENTMESH_BUILD_NO_CACHE:-0}" = 1 ] && no_cache=(--no-cache)
+	if ! docker build "${no_cache[@]}" --tag "$tag" "$@" >"$LOGS/$name.log" 2>&1; then
 		tail -n 40 "$LOGS/$name.log" >&2
 		die "building $name failed (full log: $LOGS/$name.log)"
 	fi
@@ -258,9 +267,16 @@ smoke_test_service_images() {
 		packages="agentmesh_shared agentmesh_$service"
 		docker run --rm --network none --read-only --cap-drop ALL \
 			--security-opt no-new-privileges "agentmesh/$service:$IMAGE_TAG" python -c "
-import importlib, os, shutil, sys
+import importlib, importlib.metadata, os, shutil, sys
 for package in '$packages'.split():
     importlib.import_module(package)
+# Every module each installed distribution recorded is there (test suites are pruned): a layer that lost one
+# (seen once when a cached COPY of the venv came out short) fails here, not at start.
+lost = [d.metadata['Name'] + ': ' + str(f) for d in importlib.metadata.distributions()
+        for f in (d.files or ()) if f.suffix == '.py' and 'tests' not in f.parts and not f.locate().exists()]
+if lost:
+    sys.exit(f'{len(lost)} installed files are missing, e.g. {lost[:3]}: rebuild with AGENTMESH_BUILD_NO_CACHE=1')
+import anthropic  # the SDK every service calls the model with, imported whole
 if '$service' == 'orchestrator':
     from agentmesh_orchestrator.embedding import get_embedder
     get_embedder().embed(['the embedding model loads as the service user'])
@@ -337,7 +353,7 @@ build_offline_infra() {
 	fetch_debs "$BUILD/offline/debs/redis" redis-server
 	context=$(stand_in_context redis)
 	cp -al "$BUILD/offline/debs/redis" "$context/debs"
-	docker_build redis-offline agentmesh/redis:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+	docker_build redis-offline agentmesh/redis:$STANDIN_TAG --build-arg "BASE_IMAGE=$BASE_IMAGE" \
 		--build-arg "REDIS_VERSION=$(deb_version redis-server "$context/debs")" "$context"
 
 	chroma_version=$(lock_version chromadb-client)
@@ -348,7 +364,7 @@ build_offline_infra() {
 	context=$(stand_in_context chroma)
 	cp -al "$BUILD/offline/$PYTHON_TAG/chroma" "$context/wheels"
 	cp -al "$WHEELHOUSE/tools" "$context/tools"
-	docker_build chroma-offline agentmesh/chroma:offline --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+	docker_build chroma-offline agentmesh/chroma:$STANDIN_TAG --build-arg "BASE_IMAGE=$BASE_IMAGE" \
 		--build-arg "CHROMA_VERSION=$chroma_version" "$context"
 
 	fetch_debs "$BUILD/offline/debs/otel-collector" libpython3.11
@@ -358,17 +374,17 @@ build_offline_infra() {
 	context=$(stand_in_context otel-collector)
 	cp -al "$BUILD/offline/$PYTHON_TAG/rotel" "$context/wheels"
 	cp -al "$BUILD/offline/debs/otel-collector" "$context/debs"
-	docker_build otel-collector-offline agentmesh/otel-collector:offline \
+	docker_build otel-collector-offline agentmesh/otel-collector:$STANDIN_TAG \
 		--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "ROTEL_VERSION=$rotel_version" "$context"
 
-	if ! { docker run --rm agentmesh/redis:offline redis-server --version >/dev/null &&
-		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:offline -c 'import chromadb_rust_bindings' &&
-		docker run --rm agentmesh/otel-collector:offline version >/dev/null; }; then
+	if ! { docker run --rm agentmesh/redis:$STANDIN_TAG redis-server --version >/dev/null &&
+		docker run --rm --entrypoint /opt/chroma/bin/python agentmesh/chroma:$STANDIN_TAG -c 'import chromadb_rust_bindings' &&
+		docker run --rm agentmesh/otel-collector:$STANDIN_TAG version >/dev/null; }; then
 		die "a stand-in image failed its smoke test"
 	fi
-	REDIS_IMAGE=agentmesh/redis:offline
-	CHROMA_IMAGE=agentmesh/chroma:offline
-	COLLECTOR_IMAGE=agentmesh/otel-collector:offline
+	REDIS_IMAGE=agentmesh/redis:$STANDIN_TAG
+	CHROMA_IMAGE=agentmesh/chroma:$STANDIN_TAG
+	COLLECTOR_IMAGE=agentmesh/otel-collector:$STANDIN_TAG
 	COLLECTOR_FLAVOR=rotel
 }
 

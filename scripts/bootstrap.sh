@@ -5,6 +5,8 @@
 #   - a Chroma server in its own venv (.tools/chroma): the full chromadb wheel clashes
 #     with chromadb-client, which the services use
 #   - redis-server (Debian's package; installed with apt when running as root)
+#   - chromium + chromium-driver (Debian's), for the dashboard's browser tests: Selenium
+#     is pointed at /usr/bin/chromedriver and never downloads a driver or a browser
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +44,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     (systemctl stop redis-server || service redis-server stop) >/dev/null 2>&1 || true
   else
     echo "bootstrap: redis-server is missing: install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium and chromium-driver with apt (the dashboard's browser tests)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "bootstrap: chromium and chromium-driver are missing (the dashboard's browser tests): sudo apt-get install chromium chromium-driver" >&2
     exit 1
   fi
 fi

@@ -138,3 +138,25 @@ def plot_bars(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def dashboard(result: dict[str, Any]) -> Path:
+    bars = {
+        "page, 10 tasks": result["task_page_10_stored_ms"],
+        "page, 1000 tasks": result["task_page_1000_stored_ms"],
+        "failed, 10": result["failed_page_10_stored_ms"],
+        "failed, 1000": result["failed_page_1000_stored_ms"],
+        "trace, 5 spans": result["trace_5_spans_ms"],
+        "trace, 500 spans": result["trace_500_spans_ms"],
+    }
+    if "waterfall_500_spans_ms" in result:
+        bars["drawn, 5 spans"] = result["waterfall_5_spans_ms"]
+        bars["drawn, 500 spans"] = result["waterfall_500_spans_ms"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(list(bars), list(bars.values()))
+    for i, value in enumerate(bars.values()):
+        ax.annotate(f"{value:.1f}", (i, value), ha="center", va="bottom")
+    ax.set_ylabel("p50 ms")
+    ax.set_title("Dashboard: small against big, measured back to back")
+    ax.tick_params(axis="x", labelrotation=20)
+    return _save(fig, "dashboard.png")

@@ -17,6 +17,8 @@ measured back to back on the same machine:
 - images and start-up, where Docker and built images are present: each service
   image's size (tests/bench/images.py) and `make up` to healthy
   (tests/bench/startup.py);
+- dashboard: the page's routes and its waterfall in Chromium, with 1,000 stored
+  tasks and a 500-span trace against 10 tasks and 5 spans (tests/bench/dashboard.py);
 - model gateway: one Messages-API call with the real SDK to the scripted model
   (0 ms delay) through the model gateway against the same call made directly, one of
   each in turn; the ratio is the gateway's cost on a call's round trip.
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import planning, plots
+from tests.bench.dashboard import bench_dashboard
 from tests.bench.images import ROOT, bench_images
 from tests.bench.loops import bench_loops
 from tests.bench.startup import bench_startup
@@ -229,6 +232,7 @@ FIGURES = (
     "effective",
     "scaling",
     "images",
+    "dashboard",
 )
 
 
@@ -244,6 +248,7 @@ def main() -> None:
     parser.add_argument("--scaling-tasks", type=int, default=240)
     parser.add_argument("--scaling-threads", type=int, default=8)
     parser.add_argument("--model-calls", type=int, default=200)
+    parser.add_argument("--dashboard-requests", type=int, default=50)
     args = parser.parse_args()
     wanted = set(args.figures.split(","))
     unknown = wanted - set(FIGURES)
@@ -284,6 +289,10 @@ def main() -> None:
                 root / "scaling", [1, 2, 3], args.scaling_tasks, args.delay_ms, args.scaling_threads
             )
             plots.planning_scaling(results["planning_scaling"])
+        if "dashboard" in wanted:
+            (root / "dashboard").mkdir()
+            results["dashboard"] = bench_dashboard(root / "dashboard", args.dashboard_requests)
+            plots.dashboard(results["dashboard"])
     if "images" in wanted:
         if (ROOT / "build" / "images.env").exists():
             results["images"] = bench_images()

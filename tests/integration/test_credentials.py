@@ -22,6 +22,9 @@ def test_the_api_refuses_calls_without_the_token_with_a_sentence(mesh: LocalMesh
             ("GET", "/workers"),
             ("GET", "/deadletter"),
             ("GET", "/openapi.json"),
+            ("GET", "/dashboard/tasks"),
+            ("GET", "/dashboard/queues"),
+            ("GET", "/dashboard/tasks/x/answer"),
         ):
             reply = httpx.request(method, f"{mesh.api_url}{path}", headers=headers, json={})
             assert reply.status_code == 401, (method, path, headers, reply.text)

@@ -27,6 +27,10 @@ ROUTES = [
     "/healthz",
     "/{junk}",
     "/tasks/{id}/{junk}",
+    "/dashboard/tasks",
+    "/dashboard/queues",
+    "/dashboard/tasks/{id}/answer",
+    "/ui/{junk}",
 ]
 QUERY_KEYS = ["after", "wait", "limit", "status", "x", "after", "wait", "idempotency_key"]
 

@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 from agentmesh_orchestrator.auth import BearerAuthMiddleware, caller_identity
 from agentmesh_orchestrator.client import LIMIT_HEADER
+from agentmesh_orchestrator.dashboard import register_dashboard
 from agentmesh_orchestrator.limits import FloodGuard, MemoryWatch
 from agentmesh_orchestrator.service import Services
 from agentmesh_orchestrator.store import AdmissionRefusedError
@@ -75,10 +76,14 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         # FastAPI's own server spans (POST /tasks, ...) parent our spans; health probes
-        # every few seconds would only fill the trace store, and the per-request
-        # dependency/serialization spans say nothing about tasks.
+        # every few seconds, and the dashboard's files and polls, would only fill the
+        # trace store, and the per-request dependency/serialization spans say nothing
+        # about tasks.
         telemetry={
-            "exclude": lambda scope: scope.get("path") in {"/healthz", "/readyz"},
+            "exclude": lambda scope: (
+                scope.get("path") in {"/healthz", "/readyz", "/", "/ui"}
+                or str(scope.get("path", "")).startswith(("/ui/", "/dashboard/"))
+            ),
             "operation_spans": False,
         },
     )
@@ -288,6 +293,11 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             content["checks"] = checks
         return JSONResponse(status_code=200 if status == "ready" else 503, content=content)
 
+    register_dashboard(
+        app,
+        services.store,
+        lambda task_id: services.store.get(task_id) if keys_ok(task_id) else None,
+    )
     reader = TraceReader(settings.traces_file)
     register_trace_routes(
         app,

@@ -1,6 +1,7 @@
 """Bearer-token authentication of the orchestrator API.
 
-Every request but the open probes (``/healthz``, ``/readyz``) must carry
+Every request but the open probes (``/healthz``, ``/readyz``) and the dashboard's
+static files (``/``, ``/ui/...``, no data in them) must carry
 ``Authorization: Bearer <token>`` with a token of the ``api_token`` secret
 (``AGENTMESH_API_TOKEN``): one token per line, each a credential of its own (one per
 client or team, so flood limits and audit lines tell them apart); anything else gets a 401 with a sentence saying what to
@@ -21,7 +22,10 @@ import json
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/ui"})
+# The dashboard's static files (HTML, CSS, scripts): a browser loads them without a
+# header; they hold no data (what the page shows, it reads with the token).
+OPEN_PREFIXES = ("/ui/",)
 REALM = "agentmesh"
 UNAUTHORIZED = (
     "missing or wrong API token: send 'Authorization: Bearer <token>' with the token in "
@@ -51,6 +55,11 @@ def caller_identity(request: Request) -> str | None:
     called without a valid token)."""
     identity = request.scope.get("state", {}).get("identity")
     return identity if isinstance(identity, str) else None
+
+
+def is_open(path: str) -> bool:
+    """Paths served without a token: the probes and the dashboard's static files."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def _bearer(scope: Scope) -> bytes | None:
@@ -92,7 +101,7 @@ class BearerAuthMiddleware:
             return
         identity = self.authenticate(scope)
         scope.setdefault("state", {})["identity"] = identity
-        if identity is None and scope["path"] not in OPEN_PATHS:
+        if identity is None and not is_open(scope["path"]):
             body = json.dumps({"detail": UNAUTHORIZED}).encode()
             await send(
                 {

@@ -160,6 +160,44 @@ class TaskStore:
             records = [r for r in records if r.status is status]
         return records[:limit]
 
+    def page(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 50,
+        status: TaskStatus | None = None,
+        scan: int = 2000,
+    ) -> tuple[list[TaskRecord], int | None]:
+        """A page of stored tasks, newest first, and the offset of the next page.
+
+        ``offset`` counts positions in the task index (newest first), not matches: with
+        a ``status`` filter the page holds the matches among the next ``scan`` stored
+        tasks at most, so a request reads a bounded number of records however rare the
+        status is; the next offset (``None`` past the oldest task) continues the scan.
+        """
+        chunk = max(limit, 100) if status is not None else limit
+        found: list[TaskRecord] = []
+        position = offset
+        while len(found) < limit and position - offset < max(scan, limit):
+            ids = cast(
+                "list[str]", self.redis.zrevrange(keys.TASK_INDEX, position, position + chunk - 1)
+            )
+            if not ids:
+                return found, None
+            raws = cast("list[str | None]", self.redis.mget([keys.task(i) for i in ids]))
+            for raw in raws:
+                position += 1
+                record = TaskRecord.model_validate_json(raw) if raw else None
+                if record is not None and (status is None or record.status is status):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+        more = bool(self.redis.zrevrange(keys.TASK_INDEX, position, position))
+        return found, position if more else None
+
+    def stored_count(self) -> int:
+        return int(self.redis.zcard(keys.TASK_INDEX))
+
     def active_ids(self) -> list[str]:
         return sorted(cast("set[str]", self.redis.smembers(ACTIVE)))
 
