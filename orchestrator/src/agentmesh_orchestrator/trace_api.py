@@ -79,10 +79,7 @@ def is_complete(record: TaskRecord, found: TraceRead) -> bool:
     # be the CLI's span, not exported). A model call's span is a leaf, so the tree can
     # look whole without the last one a busy replica still holds: the chat spans must
     # also account for every input token the task's record counts.
-    return (
-        roots(found.spans) <= 1
-        and chat_input_tokens(found.spans) >= record.usage.input_tokens
-    )
+    return roots(found.spans) <= 1 and chat_input_tokens(found.spans) >= record.usage.input_tokens
 
 
 def register_trace_routes(
