@@ -20,7 +20,18 @@ import pytest
 from tests.e2e.conftest import ComposeMesh
 
 OUTSIDE_IP = "198.51.100.80"
-AGENTS = ("orchestrator", "planner", "researcher", "coder", "gateway", "llm", "memory-gate")
+AGENTS = (
+    "orchestrator",
+    "planner",
+    "researcher",
+    "coder",
+    "gateway",
+    "llm",
+    "memory-gate",
+    "mcp-fetch",
+    "mcp-git",
+    "mcp-time",
+)
 
 
 def _python(mesh: ComposeMesh, service: str, code: str) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def compose_mesh_project(mesh: ComposeMesh) -> str:
 
 def test_only_the_proxy_is_on_a_network_with_a_route_out(compose_mesh: ComposeMesh) -> None:
     project = compose_mesh_project(compose_mesh)
-    names = ("mesh", "edge", "outside", "memory-clients", "memory-store")
+    names = ("mesh", "edge", "outside", "memory-clients", "memory-store", "mcp-tools", "mcp-egress")
     internal = {name: _internal(f"{project}_{name}") for name in names}
     assert internal == {
         "mesh": True,
@@ -171,6 +182,8 @@ def test_only_the_proxy_is_on_a_network_with_a_route_out(compose_mesh: ComposeMe
         "outside": True,
         "memory-clients": True,
         "memory-store": True,
+        "mcp-tools": True,
+        "mcp-egress": True,
     }
     (egress,) = compose_mesh.containers("egress")
     networks = compose_mesh.inspect(egress)["NetworkSettings"]["Networks"]  # type: ignore[index]

@@ -226,3 +226,33 @@ def test_the_scripted_model_calls_offered_mcp_tools_and_names_the_others() -> No
     )
     for delegation in (b for b in planner if b["type"] == "tool_use"):
         assert '[[mcp tt__echo {"text": "hi"}]]' in delegation["input"]["instruction"]
+
+
+def test_readiness_names_the_server_a_worker_cannot_reach() -> None:
+    from agentmesh_orchestrator.api import mcp_checks
+    from agentmesh_shared.models import WorkerInfo
+
+    def worker(host: str, role: Role, mcp: dict[str, str]) -> WorkerInfo:
+        return WorkerInfo(
+            hostname=host,
+            role=role,
+            pid=1,
+            concurrency=1,
+            in_flight=0,
+            processed=0,
+            started_at=0,
+            last_seen=0,
+            mcp=mcp,
+        )
+
+    checks = mcp_checks(
+        [
+            worker("r1", Role.RESEARCHER, {"fetch": "connected", "time": "connected"}),
+            worker("r2", Role.RESEARCHER, {"fetch": "not connected: ConnectError: refused"}),
+            worker("c1", Role.CODER, {"time": "connected"}),
+        ]
+    )
+    assert checks == {
+        "mcp:fetch": "not connected on researcher@r2 (not connected: ConnectError: refused)",
+        "mcp:time": "connected",
+    }
