@@ -138,3 +138,14 @@ def plot_bars(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def mcp(result: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    samples = result["samples"]
+    ax.boxplot([samples["builtin"], samples["mcp"]], tick_labels=["built-in tool", "MCP tool"])
+    ax.set(
+        ylabel="tool call (ms)",
+        title=f"MCP tool call vs built-in: ratio {result['ratio']} (+{result['added_p50_ms']} ms p50)",
+    )
+    return _save(fig, "mcp_tool_call.png")

@@ -2,7 +2,7 @@
 
     python -m tests.support.mcp_server --port 8765 [--token SECRET]
 
-Tools: ``echo`` (its text back), ``big`` (N characters), ``fail`` (an error result),
+Tools: ``echo`` (its text back), ``big`` (N characters), ``get`` (a URL's body), ``fail`` (an error result),
 ``seen_traceparents`` (the ``traceparent`` headers of the HTTP requests it received).
 With ``--token`` every request must carry ``Authorization: Bearer SECRET`` (else 401).
 """
@@ -32,6 +32,7 @@ SEEN: list[str] = []
 
 def build(token: str | None) -> ASGIApp:
     server = MCPServer("test-tools", version="1")
+    clients: list[httpx.AsyncClient] = []
 
     @server.tool(description="Return the text unchanged.")
     def echo(text: str) -> str:
@@ -40,6 +41,12 @@ def build(token: str | None) -> ASGIApp:
     @server.tool(description="Return a text of the given length.")
     def big(chars: int) -> str:
         return "x" * chars
+
+    @server.tool(description="GET a URL and return its body (the bench's unit of work).")
+    async def get(url: str) -> str:
+        if not clients:  # one pooled client, made on the server's own event loop
+            clients.append(httpx.AsyncClient(trust_env=False))
+        return (await clients[0].get(url)).text
 
     @server.tool(description="Always fails.")
     def fail(reason: str = "asked to fail") -> str:
