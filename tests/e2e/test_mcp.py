@@ -77,7 +77,7 @@ def test_a_denied_host_is_refused_by_the_egress_proxy(compose_mesh: ComposeMesh)
     )
     research = by_role["researcher"]
     assert "fetch__fetch returned an error" in research, research
-    assert "status code 403" in research, research
+    assert "received status 403" in research, research
     assert "served to denied.example.test" not in task["result"]
     logs = compose_mesh.compose("logs", "--no-color", "egress", check=False).stdout
     assert "user=mcp-fetch method=GET url=http://denied.example.test/robots.txt status=403" in logs
