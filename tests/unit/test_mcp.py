@@ -256,3 +256,33 @@ def test_readiness_names_the_server_a_worker_cannot_reach() -> None:
         "mcp:fetch": "not connected on researcher@r2 (not connected: ConnectError: refused)",
         "mcp:time": "connected",
     }
+
+
+def test_a_call_never_passes_the_task_wall_clock(server: McpServerProcess) -> None:
+    import time
+
+    hub = _hub(server.url)
+    try:
+        echo = next(
+            t for t in mcp_tools(hub, max_chars=100, call_timeout_s=10) if t.name == "tt__echo"
+        )
+        late = ToolContext(
+            task_id="t", subtask_id="s", tool_use_id="x", step=3, deadline=time.time() - 1
+        )
+        outcome = echo.invoke({"text": "too late"}, late)
+        assert outcome.is_error and "wall-clock limit passed" in outcome.content
+    finally:
+        hub.close()
+
+
+def test_the_worker_health_check_names_a_server_not_connected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agentmesh_shared import health
+
+    beat_file = tmp_path / "heartbeat"
+    health.beat(beat_file, ["mcp server fetch: not connected: ConnectError: refused"])
+    assert health.main([str(beat_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("healthy: ")
+    assert "mcp server fetch: not connected: ConnectError: refused" in out
