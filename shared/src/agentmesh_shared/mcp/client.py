@@ -81,6 +81,7 @@ class _Connection:
     client: Client | None = None
     tools: list[RemoteTool] | None = None  # the last listing; kept while disconnected
     error: str | None = "not connected yet"
+    reconnecting: bool = False
     _holder: asyncio.Task[None] | None = None
     _closing: asyncio.Event | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -267,11 +268,16 @@ class McpHub:
     def reconnect_in_background(self) -> None:
         """Try the servers that are not connected again, without waiting (the heartbeat)."""
         for conn in self._connections.values():
-            if conn.client is None:
+            # One attempt at a time per server, however long a connect takes.
+            if conn.client is None and not conn.reconnecting:
+                conn.reconnecting = True
 
                 async def attempt(c: _Connection = conn) -> None:
-                    with suppress(McpUnavailableError):
-                        await c.ensure()
+                    try:
+                        with suppress(McpUnavailableError):
+                            await c.ensure()
+                    finally:
+                        c.reconnecting = False
 
                 asyncio.run_coroutine_threadsafe(attempt(), self._loop)
 
