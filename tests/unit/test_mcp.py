@@ -96,7 +96,7 @@ def test_tools_are_prefixed_and_called(server: McpServerProcess) -> None:
     hub = _hub(server.url)
     try:
         tools = {t.name: t for t in mcp_tools(hub, max_chars=100, call_timeout_s=10)}
-        assert set(tools) == {"tt__echo", "tt__big", "tt__fail", "tt__seen_traceparents"}
+        assert set(tools) == {"tt__echo", "tt__big", "tt__get", "tt__fail", "tt__seen_traceparents"}
         schema = tools["tt__echo"].schema()
         assert schema["input_schema"]["properties"]["text"]["type"] == "string"
         assert tools["tt__echo"].invoke({"text": "hello"}, _ctx()).content == "hello"
