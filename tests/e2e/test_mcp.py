@@ -70,7 +70,9 @@ def test_the_mcp_hops_are_in_the_task_trace(compose_mesh: ComposeMesh) -> None:
     assert "execute_tool fetch__fetch" in text and "execute_tool git__git_log" in text, text
 
 
-def test_a_denied_host_is_refused_by_the_egress_proxy(compose_mesh: ComposeMesh) -> None:
+def test_a_denied_host_and_an_ip_literal_are_refused_by_the_egress_proxy(
+    compose_mesh: ComposeMesh,
+) -> None:
     task, by_role = _run(
         compose_mesh,
         'Read [[mcp fetch__fetch {"url": "http://denied.example.test/secret"}]]',
@@ -81,6 +83,16 @@ def test_a_denied_host_is_refused_by_the_egress_proxy(compose_mesh: ComposeMesh)
     assert "served to denied.example.test" not in task["result"]
     logs = compose_mesh.compose("logs", "--no-color", "egress", check=False).stdout
     assert "user=mcp-fetch method=GET url=http://denied.example.test/robots.txt status=403" in logs
+    # An IP literal (cloud metadata): the sidecar does not check addresses itself
+    # (--allow-private-ips); the proxy, its only way out, refuses it.
+    _, by_role = _run(
+        compose_mesh,
+        'Read [[mcp fetch__fetch {"url": "http://169.254.169.254/latest/meta-data/"}]]',
+    )
+    research = by_role["researcher"]
+    assert "fetch__fetch returned an error" in research and "403" in research, research
+    logs = compose_mesh.compose("logs", "--no-color", "egress", check=False).stdout
+    assert "user=mcp-fetch method=GET url=http://169.254.169.254/robots.txt status=403" in logs
 
 
 def test_a_killed_sidecar_gives_a_clear_error_and_works_again_after_its_restart(
