@@ -10,6 +10,8 @@
 #             from the host's apt mirror, is imported as agentmesh/python-base:bookworm,
 #             and Redis, Chroma and the collector are stand-ins built on it
 #             (agentmesh/{redis,chroma,otel-collector}:offline).
+# The MCP sidecars' image (agentmesh/mcp: the reference MCP servers behind mcp-proxy)
+# is built on the same Python base either way.
 # Either way the orchestrator, researcher and coder images come from the same
 # Dockerfiles, with every wheel downloaded on the host into build/wheelhouse/ first:
 # build containers never need an index or a mirror.
@@ -421,6 +423,30 @@ build_egress_image() {
 	EGRESS_IMAGE=agentmesh/egress:$IMAGE_TAG
 }
 
+# agentmesh/mcp: the reference MCP servers behind mcp-proxy (the mcp-* sidecars), on
+# the same Python base as the service images; git from Debian (downloaded .debs offline).
+build_mcp_image() {
+	local context set
+	context=$(stand_in_context mcp)
+	mkdir -p "$context/wheels" "$context/debs"
+	for set in servers proxy; do
+		wheelhouse --target "$TARGET_JSON" --requirements "docker/mcp/$set.txt" \
+			--dest "$WHEELHOUSE/$PYTHON_TAG/mcp-$set"
+		cp -al "$WHEELHOUSE/$PYTHON_TAG/mcp-$set" "$context/wheels/$set"
+	done
+	cp -al "$WHEELHOUSE/tools" "$context/wheels/tools"
+	if [ "$SOURCE" = offline ]; then
+		fetch_debs "$BUILD/offline/debs/mcp" git
+		cp -al "$BUILD/offline/debs/mcp/." "$context/debs/"
+	fi
+	docker_build mcp "agentmesh/mcp:$IMAGE_TAG" --build-arg "BASE_IMAGE=$PYTHON_IMAGE" \
+		--build-arg "VERSION=$(sed -n 's/^mcp-proxy==\([^ ]*\).*/\1/p' docker/mcp/proxy.txt)" "$context"
+	docker run --rm --network none --read-only --cap-drop ALL --entrypoint sh "agentmesh/mcp:$IMAGE_TAG" -c \
+		'mcp-proxy --version >/dev/null && test -x /opt/mcp-servers/bin/mcp-server-fetch && test -x /opt/mcp-servers/bin/mcp-server-git && test -x /opt/mcp-servers/bin/mcp-server-time && git --version >/dev/null && test "$(id -u)" = 10001' ||
+		die "agentmesh/mcp:$IMAGE_TAG failed its smoke test"
+	MCP_IMAGE=agentmesh/mcp:$IMAGE_TAG
+}
+
 write_images_env() {
 	local env_file=$BUILD/images.env
 	cat >"$env_file.tmp" <<EOF
@@ -435,6 +461,7 @@ CHROMA_IMAGE=$CHROMA_IMAGE
 COLLECTOR_IMAGE=$COLLECTOR_IMAGE
 COLLECTOR_FLAVOR=$COLLECTOR_FLAVOR
 EGRESS_IMAGE=$EGRESS_IMAGE
+MCP_IMAGE=$MCP_IMAGE
 EOF
 	mv "$env_file.tmp" "$env_file"
 	log "wrote $env_file"
@@ -462,6 +489,7 @@ main() {
 		build_offline_infra
 	fi
 	build_egress_image
+	build_mcp_image
 	write_images_env
 	log "done in $(($(date +%s) - started)) s"
 }

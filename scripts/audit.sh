@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 compose=("$@")
 status=0
-for service in orchestrator planner researcher coder llm gateway memory-gate sandbox; do
+for service in orchestrator planner researcher coder llm gateway memory-gate sandbox mcp-fetch mcp-git mcp-time; do
   # The sandbox's probe adds its own promises (no network family, no x32, no secrets).
   probe_args=(); [ "$service" = sandbox ] && probe_args=(sandbox)
   for id in $("${compose[@]}" ps -q "$service" 2>/dev/null); do

@@ -3,7 +3,7 @@
 #   anthropic_api_key   empty unless you put a key in it (or ANTHROPIC_API_KEY is set
 #                       when this runs); empty means "model not configured"
 #   gateway_token_<service>     each service's credential for the model gateway
-#   egress_password_<user>      the egress proxy's users (gateway, researcher)
+#   egress_password_<user>      the egress proxy's users (gateway, researcher, mcp-fetch)
 #   api_token           the orchestrator API's bearer token (the CLI reads it)
 #   chroma_token        the bearer token of the memory service's authenticating front
 #   flower_basic_auth   user:password of the Flower dashboard (user "admin")
@@ -38,6 +38,6 @@ for user in orchestrator researcher coder flower health gateway; do
   random_secret "redis_${user}_password"
 done
 for name in gateway_token_orchestrator gateway_token_researcher gateway_token_coder \
-  egress_password_gateway egress_password_researcher; do
+  egress_password_gateway egress_password_researcher egress_password_mcp-fetch; do
   random_secret "$name"
 done

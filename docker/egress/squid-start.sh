@@ -3,10 +3,11 @@
 #
 #   EGRESS_MODEL_URL          the model gateway's upstream: its host is the only one the
 #                             gateway may reach (https://api.anthropic.com by default)
-#   AGENTMESH_FETCH_ALLOWLIST the researcher's hosts (comma-separated globs); empty: none
+#   AGENTMESH_FETCH_ALLOWLIST the hosts the researcher and the MCP fetch sidecar may
+#                             reach (comma-separated globs); empty: none
 #   EGRESS_INGRESS            "host:port" the published API port is reverse-proxied to
 #   EGRESS_FLOWER             "host:port" the published Flower port is reverse-proxied to
-#   /run/secrets/egress_password_<user>   one proxy user per file (gateway, researcher)
+#   /run/secrets/egress_password_<user>   one proxy user per file (gateway, researcher, mcp-fetch)
 #
 # Deny by default: a client must log in (proxy basic auth, Debian's basic_ncsa_auth),
 # and each user reaches only its own hosts, on ports 80/443 (CONNECT on 443 only);
@@ -92,7 +93,7 @@ acl CONNECT method CONNECT
 acl ip_literal dstdom_regex -n ^[0-9.]+\$ ^\[?[0-9a-f]*:[0-9a-f:.]*\]?\$
 acl private_dst dst 0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3 ::1 fc00::/7 fe80::/10 ::ffff:0:0/96
 acl gateway_user proxy_auth gateway
-acl researcher_user proxy_auth researcher
+acl fetch_users proxy_auth researcher mcp-fetch
 acl model_host dstdomain ${model_host}
 
 # Ingress: the published ports reach the API (and Flower) and nothing else.
@@ -110,11 +111,11 @@ http_access allow gateway_user model_host
 CONF
 	if [ -n "$domains" ]; then
 		echo "acl fetch_domains dstdomain$domains"
-		echo "http_access allow researcher_user fetch_domains"
+		echo "http_access allow fetch_users fetch_domains"
 	fi
 	if [ -n "$regexes" ]; then
 		echo "acl fetch_regexes dstdom_regex -i$regexes"
-		echo "http_access allow researcher_user fetch_regexes"
+		echo "http_access allow fetch_users fetch_regexes"
 	fi
 	echo "http_access deny all"
 } >"$conf"

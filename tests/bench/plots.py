@@ -160,3 +160,14 @@ def dashboard(result: dict[str, Any]) -> Path:
     ax.set_title("Dashboard: small against big, measured back to back")
     ax.tick_params(axis="x", labelrotation=20)
     return _save(fig, "dashboard.png")
+
+
+def mcp(result: dict[str, Any]) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    samples = result["samples"]
+    ax.boxplot([samples["builtin"], samples["mcp"]], tick_labels=["built-in tool", "MCP tool"])
+    ax.set(
+        ylabel="tool call (ms)",
+        title=f"MCP tool call vs built-in: ratio {result['ratio']} (+{result['added_p50_ms']} ms p50)",
+    )
+    return _save(fig, "mcp_tool_call.png")

@@ -21,7 +21,9 @@ measured back to back on the same machine:
   tasks and a 500-span trace against 10 tasks and 5 spans (tests/bench/dashboard.py);
 - model gateway: one Messages-API call with the real SDK to the scripted model
   (0 ms delay) through the model gateway against the same call made directly, one of
-  each in turn; the ratio is the gateway's cost on a call's round trip.
+  each in turn; the ratio is the gateway's cost on a call's round trip;
+- mcp: an MCP tool call through the worker's hub against the same work as a built-in
+  tool, one of each in turn (tests/bench/mcp.py); the ratio is the MCP hop's cost.
 
 ``--figures`` picks which to run (default all); each figure also becomes a PNG in
 build/bench/, and the whole result is written to build/bench/results.json.
@@ -43,6 +45,7 @@ from tests.bench import planning, plots
 from tests.bench.dashboard import bench_dashboard
 from tests.bench.images import ROOT, bench_images
 from tests.bench.loops import bench_loops
+from tests.bench.mcp import bench_mcp
 from tests.bench.startup import bench_startup
 from tests.support.mesh import BIN, GATEWAY_TOKENS, LocalMesh, Proc, local_mesh, wait_until
 
@@ -233,6 +236,7 @@ FIGURES = (
     "scaling",
     "images",
     "dashboard",
+    "mcp",
 )
 
 
@@ -249,6 +253,7 @@ def main() -> None:
     parser.add_argument("--scaling-threads", type=int, default=8)
     parser.add_argument("--model-calls", type=int, default=200)
     parser.add_argument("--dashboard-requests", type=int, default=50)
+    parser.add_argument("--mcp-calls", type=int, default=300)
     args = parser.parse_args()
     wanted = set(args.figures.split(","))
     unknown = wanted - set(FIGURES)
@@ -276,6 +281,9 @@ def main() -> None:
         if "gateway" in wanted:
             (root / "gateway").mkdir()
             results["model_gateway"] = bench_gateway(root / "gateway", args.model_calls)
+        if "mcp" in wanted:
+            results["mcp_tool_call"] = bench_mcp(args.mcp_calls)
+            plots.mcp(results["mcp_tool_call"])
         if "effective" in wanted:
             (root / "effective").mkdir()
             ns = [int(n) for n in args.batch_sizes.split(",")]

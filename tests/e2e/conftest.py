@@ -115,8 +115,31 @@ class ComposeMesh:
         return self.compose("logs", "--no-color", "--tail=40", check=False).stdout[-20000:]
 
 
+# The repositories the MCP git sidecar serves in this tier: one, with a known commit.
+REPOS = ROOT / "build" / "e2e-repos"
+REPO_COMMIT_MESSAGE = "e2e fixture: the answer is forty-two"
+
+
+def _make_repos() -> None:
+    repo = REPOS / "demo"
+    shutil.rmtree(REPOS, ignore_errors=True)
+    repo.mkdir(parents=True)
+    (repo / "README.md").write_text("a repository for the MCP git sidecar\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=e2e", "-c", "user.email=e2e@example.test"]
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "README.md"],
+        ["commit", "-q", "-m", REPO_COMMIT_MESSAGE],
+    ):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    # The sidecar's uid must read it through the read-only mount.
+    for entry in [REPOS, *REPOS.rglob("*")]:
+        entry.chmod(0o755 if entry.is_dir() else 0o644)
+
+
 def _write_env(path: Path, api_port: int) -> None:
     images = (ROOT / "build" / "images.env").read_text()
+    _make_repos()
     path.write_text(
         f"COMPOSE_PROJECT_NAME={PROJECT}\nAGENTMESH_ROOT={ROOT}\n{images}\n"
         "AGENTMESH_MODE=scripted\nCOMPOSE_PROFILES=scripted\nANTHROPIC_BASE_URL=http://llm:8090\n"
@@ -128,6 +151,7 @@ def _write_env(path: Path, api_port: int) -> None:
         # flood limits have tests of their own in the integration tier.
         "AGENTMESH_API_RATE_PER_S=500\nAGENTMESH_API_BURST=1000\nAGENTMESH_API_CONCURRENCY=256\n"
         f"AGENTMESH_FETCH_ALLOWLIST={FETCH_ALLOWLIST}\n"
+        f"AGENTMESH_MCP_REPOS={REPOS}\n"
         # The egress proxy publishes Flower's port too: a free one, like the API's.
         f"AGENTMESH_FLOWER_PORT={free_port()}\n"
         f"E2E_OUTSIDE_SUBNET={OUTSIDE_SUBNET}\nE2E_OUTSIDE_IP={OUTSIDE_IP}\n"

@@ -19,7 +19,18 @@ import pytest
 
 from tests.e2e.conftest import OUTSIDE_IP, ComposeMesh
 
-AGENTS = ("orchestrator", "planner", "researcher", "coder", "gateway", "llm", "memory-gate")
+AGENTS = (
+    "orchestrator",
+    "planner",
+    "researcher",
+    "coder",
+    "gateway",
+    "llm",
+    "memory-gate",
+    "mcp-fetch",
+    "mcp-git",
+    "mcp-time",
+)
 
 
 def _python(mesh: ComposeMesh, service: str, code: str) -> dict[str, Any]:
@@ -162,7 +173,7 @@ def compose_mesh_project(mesh: ComposeMesh) -> str:
 
 def test_only_the_proxy_is_on_a_network_with_a_route_out(compose_mesh: ComposeMesh) -> None:
     project = compose_mesh_project(compose_mesh)
-    names = ("mesh", "edge", "outside", "memory-clients", "memory-store")
+    names = ("mesh", "edge", "outside", "memory-clients", "memory-store", "mcp-tools", "mcp-egress")
     internal = {name: _internal(f"{project}_{name}") for name in names}
     assert internal == {
         "mesh": True,
@@ -170,6 +181,8 @@ def test_only_the_proxy_is_on_a_network_with_a_route_out(compose_mesh: ComposeMe
         "outside": True,
         "memory-clients": True,
         "memory-store": True,
+        "mcp-tools": True,
+        "mcp-egress": True,
     }
     (egress,) = compose_mesh.containers("egress")
     networks = compose_mesh.inspect(egress)["NetworkSettings"]["Networks"]  # type: ignore[index]

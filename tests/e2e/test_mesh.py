@@ -20,6 +20,9 @@ AGENT_SERVICES = (
     "gateway",
     "memory-gate",
     "sandbox",
+    "mcp-fetch",
+    "mcp-git",
+    "mcp-time",
 )
 
 
@@ -83,7 +86,7 @@ def test_only_the_egress_proxy_publishes_and_only_on_loopback(compose_mesh: Comp
         "coder",
         "memory-gate",
     )
-    for service in (*services, "llm", "gateway", "sandbox"):
+    for service in (*services, "llm", "gateway", "sandbox", "mcp-fetch", "mcp-git", "mcp-time"):
         for container in compose_mesh.containers(service):
             ports = compose_mesh.inspect(container)["NetworkSettings"]["Ports"]  # type: ignore[index]
             assert not any(bindings for bindings in (ports or {}).values()), (service, ports)

@@ -233,6 +233,9 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
 
     @app.get("/workers", response_model=list[WorkerInfo])
     def workers() -> list[WorkerInfo]:
+        return live_workers()
+
+    def live_workers() -> list[WorkerInfo]:
         raw = cast("dict[str, str]", services.redis.hgetall(keys.WORKER_INDEX))
         stale_after = settings.heartbeat_interval_s * 3 + 5
         live: list[WorkerInfo] = []
@@ -286,6 +289,8 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
             memory_ok = False
         problem = model_status.problem()
         checks["llm"] = "configured" if problem is None else f"not configured: {problem}"
+        if checks["redis"] == "ok":
+            checks.update(mcp_checks(live_workers()))
         ready = checks["redis"] == "ok" and checks["chroma"] == "ok"
         status = "ready" if ready and memory_ok else "degraded" if ready else "not ready"
         content: dict[str, Any] = {"status": status}
@@ -309,3 +314,22 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
 
 def keys_ok(task_id: str) -> bool:
     return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "_.:-" for c in task_id)
+
+
+def mcp_checks(workers: list[WorkerInfo]) -> dict[str, str]:
+    """Per MCP server (``mcp:<name>``), as the live workers granted it see it.
+
+    A server that is down does not make the mesh unready (its tool calls fail with a
+    clear error, everything else works); readiness names it and who cannot reach it.
+    """
+    checks: dict[str, str] = {}
+    for name in sorted({n for w in workers for n in w.mcp}):
+        missing = [
+            f"{w.role.value}@{w.hostname} ({w.mcp[name]})"
+            for w in workers
+            if name in w.mcp and w.mcp[name] != "connected"
+        ]
+        checks[f"mcp:{name}"] = (
+            "connected" if not missing else "not connected on " + ", ".join(missing)
+        )
+    return checks

@@ -269,6 +269,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
         "\n".join(
             f"{w['role']:<10} {w['hostname']:<24} in-flight {w['in_flight']:>3}/{w['concurrency']:<4} "
             f"processed {w['processed']}"
+            + "".join(f"  mcp {name}: {state}" for name, state in w.get("mcp", {}).items())
             for w in found
         )
         or "no live workers"

@@ -162,7 +162,8 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
         client=llm,
         model=runtime.settings.model,
         system=agent.system_prompt,
-        tools=session.tools,
+        # The role's own tools, and those of the MCP servers granted to the role.
+        tools=[*session.tools, *runtime.mcp_tools()],
         task_id=msg.task_id,
         subtask_id=msg.subtask_id,
         max_steps=msg.max_steps,

@@ -2,6 +2,8 @@
 
 The worker's heartbeat thread touches the file only after a successful broker PING,
 so a fresh file means both "the process is not wedged" and "the broker is reachable".
+Its later lines are notes that do not make the worker unhealthy (an MCP tool server
+that is not connected: its tool calls fail with a clear error, the rest works).
 ``python -m agentmesh_shared.health [PATH] [MAX_AGE_S]`` exits 0 when it is fresh.
 """
 
@@ -16,10 +18,18 @@ DEFAULT_PATH = Path(os.environ.get("AGENTMESH_HEARTBEAT_FILE", "/tmp/agentmesh-h
 DEFAULT_MAX_AGE_S = 30.0
 
 
-def beat(path: Path) -> None:
+def beat(path: Path, notes: list[str] | None = None) -> None:
+    """Touch the heartbeat; ``notes`` (e.g. an MCP server not connected) are shown by main."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(time.time()))
+    tmp.write_text("\n".join([str(time.time()), *(notes or [])]))
     tmp.replace(path)
+
+
+def notes(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()[1:]
+    except OSError:
+        return []
 
 
 def age(path: Path) -> float | None:
@@ -41,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unhealthy: last heartbeat {current:.0f}s ago (limit {max_age:.0f}s)")
         return 1
     print(f"healthy: last heartbeat {current:.1f}s ago")
+    for note in notes(path):
+        print(note)
     return 0
 
 

@@ -180,3 +180,5 @@ class WorkerInfo(Strict):
     processed: int
     started_at: float
     last_seen: float
+    # Per MCP server granted to the role: "connected" or "not connected: <reason>".
+    mcp: dict[str, str] = Field(default_factory=dict)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentmesh_shared.budget import TokenBudget
 from agentmesh_shared.handoff import Handoff
 from agentmesh_shared.llm import make_client
+from agentmesh_shared.mcp import McpHub, load_config, mcp_tools
 from agentmesh_shared.models import Role, SubtaskMessage, WorkerInfo
 from agentmesh_shared.redisconn import connect
 from agentmesh_shared.settings import Settings
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import anthropic
     import redis
 
-    from agentmesh_shared.agent import Tool
+    from agentmesh_shared.agent import AgentTool
     from agentmesh_shared.memory import MemoryClient
 
 
@@ -35,7 +36,7 @@ class RoleSession(Protocol):
     """The tools of one subtask, and what it produced besides its final text."""
 
     @property
-    def tools(self) -> Sequence[Tool[Any]]: ...
+    def tools(self) -> Sequence[AgentTool]: ...
 
     def artifacts(self) -> dict[str, Any]: ...
 
@@ -97,6 +98,26 @@ class WorkerRuntime:
             token=token.get_secret_value() if token else None,
         )
 
+    @cached_property
+    def mcp(self) -> McpHub:
+        """Connections to the MCP servers granted to this role (mcp.yaml)."""
+        config = load_config(self.settings.mcp_config)
+        return McpHub(
+            config.for_role(self.role),
+            connect_timeout_s=self.settings.mcp_connect_timeout_s,
+            call_timeout_s=self.settings.mcp_call_timeout_s,
+        )
+
+    def mcp_tools(self) -> list[AgentTool]:
+        """The MCP tools a subtask of this role is offered."""
+        return list(
+            mcp_tools(
+                self.mcp,
+                max_chars=self.settings.mcp_result_max_chars,
+                call_timeout_s=self.settings.mcp_call_timeout_s,
+            )
+        )
+
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             hostname=self.hostname,
@@ -107,6 +128,7 @@ class WorkerRuntime:
             processed=self.processed,
             started_at=self.started_at,
             last_seen=time.time(),
+            mcp=self.mcp.status(),
         )
 
     @property

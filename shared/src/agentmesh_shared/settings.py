@@ -161,6 +161,15 @@ class Settings(BaseSettings):
     fetch_timeout_s: PositiveFloat = 15.0  # the whole fetch, every redirect hop included
     fetch_max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
 
+    # --- MCP tool servers (agentmesh_shared.mcp) --------------------------------------
+    # The servers a user added and the roles they are granted to; missing: none.
+    mcp_config: Path = Path("/etc/agentmesh/mcp.yaml")
+    # An MCP tool result longer than this is cut, with a note to the model.
+    mcp_result_max_chars: PositiveInt = 20_000
+    # Connecting (and listing tools) and one tool call, each at most this long.
+    mcp_connect_timeout_s: PositiveFloat = 10.0
+    mcp_call_timeout_s: PositiveFloat = 60.0
+
     # --- coder sandbox --------------------------------------------------------------
     scratch_root: Path = Path("/tmp/agentmesh-scratch")  # noqa: S108 - tmpfs in containers
     sandbox_cpu_s: PositiveInt = 10

@@ -30,6 +30,7 @@ from agentmesh_shared.celery_app import create_celery_app
 from agentmesh_shared.execute import execute_subtask, fail_stalled
 from agentmesh_shared.health import beat
 from agentmesh_shared.logs import setup_logging
+from agentmesh_shared.mcp import McpConfigError
 from agentmesh_shared.models import TASK_NAME_BY_ROLE
 from agentmesh_shared.runtime import RoleAgent, RoleSession, WorkerRuntime
 from agentmesh_shared.settings import settings_or_exit
@@ -82,7 +83,15 @@ class Heartbeat(threading.Thread):
                     )
                     telemetry.shutdown_telemetry()
                     os._exit(70)
-                beat(settings.heartbeat_file)
+                self.runtime.mcp.reconnect_in_background()
+                beat(
+                    settings.heartbeat_file,
+                    [
+                        f"mcp server {name}: {state}"
+                        for name, state in self.runtime.mcp.status().items()
+                        if state != "connected"
+                    ],
+                )
             except Exception:
                 log.exception("heartbeat failed")
             self.stopping.wait(settings.heartbeat_interval_s)
@@ -148,6 +157,16 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
     runtime = WorkerRuntime(settings=settings, role=agent.role)
     _runtime = runtime
     telemetry.setup_telemetry(agent.role.value, instance=runtime.hostname)
+    try:
+        hub = runtime.mcp
+    except McpConfigError as err:
+        print(f"{agent.role.value}-worker: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name, error in hub.connect_all().items():
+        if error is None:
+            log.info("mcp server %s connected", name)
+        else:
+            log.error("mcp server %s (%s) is not connected: %s", name, hub.servers[name].url, error)
     metrics.observe(
         "agentmesh.worker.in_flight",
         "{loop}",

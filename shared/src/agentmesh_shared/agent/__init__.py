@@ -8,10 +8,11 @@ from agentmesh_shared.agent.loop import (
     LoopState,
     StepRecord,
 )
-from agentmesh_shared.agent.tools import Tool, ToolContext, ToolError
+from agentmesh_shared.agent.tools import AgentTool, Tool, ToolContext, ToolError, ToolOutcome
 
 __all__ = [
     "AgentLoop",
+    "AgentTool",
     "CancelledError",
     "LoopLimitError",
     "LoopOutcome",
@@ -20,4 +21,5 @@ __all__ = [
     "Tool",
     "ToolContext",
     "ToolError",
+    "ToolOutcome",
 ]

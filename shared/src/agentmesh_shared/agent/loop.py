@@ -23,7 +23,7 @@ import anthropic
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from agentmesh_shared import metrics
-from agentmesh_shared.agent.tools import Tool, ToolContext, ToolOutcome
+from agentmesh_shared.agent.tools import AgentTool, ToolContext, ToolOutcome
 from agentmesh_shared.budget import BudgetExceededError, TokenBudget
 from agentmesh_shared.models import Usage
 from agentmesh_shared.telemetry import capture_content, inject, tracer
@@ -96,7 +96,7 @@ class AgentLoop:
     client: anthropic.Anthropic
     model: str
     system: str
-    tools: Sequence[Tool[Any]]
+    tools: Sequence[AgentTool]
     task_id: str
     max_steps: int
     deadline: float
@@ -317,6 +317,7 @@ class AgentLoop:
                     tool_use_id=str(call["id"]),
                     step=step,
                     extra=self.tool_extra,
+                    deadline=self.deadline,
                 )
                 outcome = tool.invoke(call.get("input", {}), ctx)
             if outcome.is_error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,12 +24,25 @@ class ToolContext:
     tool_use_id: str
     step: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # The loop's wall-clock deadline (epoch seconds): a tool call must end by then.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class ToolOutcome:
     content: str
     is_error: bool = False
+
+
+class AgentTool(Protocol):
+    """What the agent loop needs of a tool: built-in (:class:`Tool`) or an MCP server's."""
+
+    @property
+    def name(self) -> str: ...
+
+    def schema(self) -> dict[str, Any]: ...
+
+    def invoke(self, raw: object, ctx: ToolContext) -> ToolOutcome: ...
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ Scripts:
   the code and its real output. When the task holds a fenced ```python block, the
   orchestrator hands it to the coder whole and the coder's ``main.py`` is exactly
   that code (so tests can send code through the real path to the sandbox).
+- MCP tools: a task holding ``[[mcp <tool> {json}]]`` directives (``<tool>`` as the
+  model sees it, ``<server>__<name>``) has them handed on to both workers; a worker
+  calls each directive's tool that it is offered, in order, and answers with every
+  result and the names of the directives' tools it was not offered.
 
 ``SCRIPTED_LLM_DELAY_MS`` (or ``--delay-ms``) delays every reply. For fault tests,
 ``POST /admin/config`` changes the delay at run time and makes the next N calls
@@ -121,18 +125,56 @@ def fenced_python(text: str) -> str | None:
     return match[1] if match else None
 
 
+_MCP_DIRECTIVE = re.compile(r"\[\[mcp ([A-Za-z0-9_-]{1,64}) (\{.*?\})\]\]", re.DOTALL)
+
+
+def mcp_directives(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``[[mcp <tool> {json}]]`` directives of ``text``, in order."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for match in _MCP_DIRECTIVE.finditer(text):
+        try:
+            arguments = json.loads(match[2])
+        except ValueError:
+            continue
+        if isinstance(arguments, dict):
+            found.append((match[1], arguments))
+    return found
+
+
+def mcp_script(
+    directives: list[tuple[str, dict[str, Any]]], results: list[str], tools: set[str]
+) -> tuple[list[Block], str]:
+    """Call each directive's tool this role is offered, then report every result."""
+    callable_ = [(name, args) for name, args in directives if name in tools]
+    if len(results) < len(callable_):
+        name, arguments = callable_[len(results)]
+        return [_tool_use(name, arguments)], "tool_use"
+    lines = [
+        f"- {name}: {_subject(result, 600)}"
+        for (name, _), result in zip(callable_, results, strict=False)
+    ]
+    missing = sorted({name for name, _ in directives if name not in tools})
+    if missing:
+        lines.append(f"- not offered to this role: {', '.join(missing)}")
+    return [_text(f"{LABEL} MCP tool results:\n" + "\n".join(lines))], "end_turn"
+
+
 def orchestrator_script(task: str, results: list[str]) -> tuple[list[Block], str]:
     subject = _subject(task)
     if not results:
         code = fenced_python(task)
         instruction = f"Write and run a program for: {subject}"
+        research = f"Research: {subject}"
         if code is not None:
             # The block is handed on whole: the coder runs exactly this code.
             instruction += f"\n\n```python\n{code}```\n"
+        directives = "".join(
+            f"\n[[mcp {name} {json.dumps(args)}]]" for name, args in mcp_directives(task)
+        )
         return [
             _text(f"{LABEL} Plan: research the subject, and write and run a program about it."),
-            _tool_use("delegate", {"role": "researcher", "instruction": f"Research: {subject}"}),
-            _tool_use("delegate", {"role": "coder", "instruction": instruction}),
+            _tool_use("delegate", {"role": "researcher", "instruction": research + directives}),
+            _tool_use("delegate", {"role": "coder", "instruction": instruction + directives}),
         ], "tool_use"
     summary = "\n".join(f"- {_subject(r, 400)}" for r in results)
     return [_text(f"{LABEL} Synthesis for: {subject}\n{summary}")], "end_turn"
@@ -169,12 +211,15 @@ def coder_script(task: str, results: list[str]) -> tuple[list[Block], str]:
 
 
 def reply_for(request: dict[str, Any]) -> tuple[list[Block], str]:
-    tools = {t.get("name") for t in request.get("tools", []) if isinstance(t, dict)}
+    tools = {str(t.get("name")) for t in request.get("tools", []) if isinstance(t, dict)}
     messages = request.get("messages", [])
     task = _first_user_text(messages)
     results = _tool_results(messages)
     if "delegate" in tools:
         return orchestrator_script(task, results)
+    directives = mcp_directives(task)
+    if directives and ("run_python" in tools or "memory_store" in tools):
+        return mcp_script(directives, results, tools)
     if "run_python" in tools:
         return coder_script(task, results)
     if "memory_store" in tools:
