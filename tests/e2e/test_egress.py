@@ -186,7 +186,7 @@ def test_only_the_proxy_is_on_a_network_with_a_route_out(compose_mesh: ComposeMe
     }
     (egress,) = compose_mesh.containers("egress")
     networks = compose_mesh.inspect(egress)["NetworkSettings"]["Networks"]  # type: ignore[index]
-    assert set(networks) == {f"{project}_{n}" for n in ("mesh", "edge", "outside")}
+    assert set(networks) == {f"{project}_{n}" for n in ("mesh", "edge", "outside", "mcp-egress")}
 
 
 def test_the_published_api_answers_through_the_proxy(compose_mesh: ComposeMesh) -> None:
