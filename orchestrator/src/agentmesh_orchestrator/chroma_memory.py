@@ -26,18 +26,9 @@ from agentmesh_shared.memory import (
     DEFAULT_COLLECTION,
     MemoryAuthError,
     MemoryHit,
-    MemoryUnavailableError,
     MetadataValue,
 )
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-)
+from agentmesh_shared.memory.client import RetryPolicy
 
 from agentmesh_orchestrator.embedding import MiniLMEmbedder, get_embedder
 
@@ -156,17 +147,11 @@ class ChromaMemory:
         connect_timeout_s: float = 2.0,
         token: str | None = None,
     ) -> None:
-        if attempts < 1:
-            msg = "attempts must be >= 1"
-            raise ValueError(msg)
         self._host, self._port, self._ssl = _parse_url(url)
         self.url = f"{'https' if self._ssl else 'http'}://{self._host}:{self._port}"
         self.collection_name = collection
         self._embedder = embedder
-        self._attempts = attempts
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._max_retry_s = max_retry_s
+        self._retry = RetryPolicy(self.url, attempts, backoff_initial_s, backoff_max_s, max_retry_s)
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._lock = threading.Lock()
@@ -355,29 +340,6 @@ class ChromaMemory:
     def _call(self, operation: str, fn: Callable[[Collection], T]) -> T:
         from chromadb.errors import NotFoundError  # noqa: PLC0415 - see _new_client
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "memory %s to %s failed (attempt %d/%d): %s; retrying",
-                operation,
-                self.url,
-                state.attempt_number,
-                self._attempts,
-                exc,
-            )
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_retry_s),
-            wait=wait_exponential(
-                multiplier=self._backoff_initial_s,
-                min=self._backoff_initial_s,
-                max=self._backoff_max_s,
-            ),
-            retry=retry_if_exception(_is_transient),
-            before_sleep=before_sleep,
-            reraise=False,
-        )
-
         def attempt() -> T:
             col = self._get_collection()
             try:
@@ -389,9 +351,4 @@ class ChromaMemory:
                         self._collection = None
                 raise _CollectionGoneError(str(exc)) from exc
 
-        try:
-            return retrying(attempt)
-        except RetryError as err:
-            last = err.last_attempt
-            cause = last.exception() if last.failed else None
-            raise MemoryUnavailableError(self.url, operation, last.attempt_number, cause) from cause
+        return self._retry.call(operation, attempt, _is_transient)

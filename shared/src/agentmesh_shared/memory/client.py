@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -33,7 +34,7 @@ from tenacity import (
     RetryCallState,
     RetryError,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
     wait_exponential,
@@ -52,6 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION: Final = "agentmesh-memory"
+T = TypeVar("T")
 MetadataValue = str | int | float | bool
 
 
@@ -100,6 +102,59 @@ class MemoryHit(BaseModel):
 
 class _RetryableError(Exception):
     """A 5xx answer, or no answer: worth another try."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff, for the memory client and the memory
+    service's own Chroma client alike: ``attempts`` tries within ``max_retry_s``, then
+    :class:`MemoryUnavailableError` naming ``url`` and the last error."""
+
+    url: str
+    attempts: int = 4
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 2.0
+    max_retry_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            msg = "attempts must be >= 1"
+            raise ValueError(msg)
+
+    def call(
+        self, operation: str, attempt: Callable[[], T], retry_if: Callable[[BaseException], bool]
+    ) -> T:
+        """``attempt()`` until it returns, raises what ``retry_if`` refuses, or the
+        policy is spent."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "memory %s to %s failed (attempt %d/%d): %s; retrying",
+                operation,
+                self.url,
+                state.attempt_number,
+                self.attempts,
+                exc,
+            )
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_retry_s),
+            wait=wait_exponential(
+                multiplier=self.backoff_initial_s,
+                min=self.backoff_initial_s,
+                max=self.backoff_max_s,
+            ),
+            retry=retry_if_exception(retry_if),
+            before_sleep=before_sleep,
+            reraise=False,
+        )
+        try:
+            return retrying(attempt)
+        except RetryError as err:
+            last = err.last_attempt
+            cause = last.exception() if last.failed else None
+            raise MemoryUnavailableError(self.url, operation, last.attempt_number, cause) from cause
 
 
 def _base_url(url: str) -> str:
@@ -156,16 +211,10 @@ class MemoryClient:
         token: str | None = None,
         max_connections: int = 100,
     ) -> None:
-        if attempts < 1:
-            msg = "attempts must be >= 1"
-            raise ValueError(msg)
         self.url = _base_url(url)
         self.collection_name = collection
         self._prefix = f"/v1/collections/{quote(collection, safe='')}"
-        self._attempts = attempts
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
-        self._max_retry_s = max_retry_s
+        self._retry = RetryPolicy(self.url, attempts, backoff_initial_s, backoff_max_s, max_retry_s)
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._limits = httpx.Limits(max_connections=max_connections)
@@ -269,31 +318,4 @@ class MemoryClient:
                 raise MemoryClientError(msg)
             return response
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "memory %s to %s failed (attempt %d/%d): %s; retrying",
-                operation,
-                self.url,
-                state.attempt_number,
-                self._attempts,
-                exc,
-            )
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self._attempts) | stop_after_delay(self._max_retry_s),
-            wait=wait_exponential(
-                multiplier=self._backoff_initial_s,
-                min=self._backoff_initial_s,
-                max=self._backoff_max_s,
-            ),
-            retry=retry_if_exception_type(_RetryableError),
-            before_sleep=before_sleep,
-            reraise=False,
-        )
-        try:
-            return retrying(attempt)
-        except RetryError as err:
-            last = err.last_attempt
-            cause = last.exception() if last.failed else None
-            raise MemoryUnavailableError(self.url, operation, last.attempt_number, cause) from cause
+        return self._retry.call(operation, attempt, lambda exc: isinstance(exc, _RetryableError))
