@@ -28,7 +28,7 @@ from agentmesh_shared.memory import (
     MemoryHit,
     MetadataValue,
 )
-from agentmesh_shared.memory.client import RetryPolicy
+from agentmesh_shared.memory.client import RetryPolicy, checked_metadata
 
 from agentmesh_orchestrator.embedding import MiniLMEmbedder, get_embedder
 
@@ -103,19 +103,6 @@ def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(where)
 
 
-def _metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, MetadataValue]:
-    out: dict[str, MetadataValue] = {}
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
-            msg = (
-                f"metadata values must be str, int, float or bool; {key!r} is "
-                f"{type(value).__name__}"
-            )
-            raise TypeError(msg)
-        out[key] = value
-    return out
-
-
 def _hit_metadata(raw: Mapping[str, Any] | None) -> dict[str, MetadataValue]:
     if not raw:
         return {}
@@ -174,7 +161,7 @@ class ChromaMemory:
         if not note_id:
             msg = "note_id must not be empty"
             raise ValueError(msg)
-        meta = _metadata(metadata)
+        meta = checked_metadata(metadata)
         embedding = self.embedder.embed_array([text])
 
         def op(col: Collection) -> None:

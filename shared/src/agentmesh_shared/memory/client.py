@@ -166,7 +166,8 @@ def _base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{port}"
 
 
-def _metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, MetadataValue]:
+def checked_metadata(metadata: Mapping[str, MetadataValue]) -> dict[str, MetadataValue]:
+    """``metadata`` as a plain dict; :class:`TypeError` naming a key of another type."""
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
@@ -231,7 +232,7 @@ class MemoryClient:
         if not note_id:
             msg = "note_id must not be empty"
             raise ValueError(msg)
-        body = {"id": note_id, "text": text, "metadata": _metadata(metadata)}
+        body = {"id": note_id, "text": text, "metadata": checked_metadata(metadata)}
         self._call("store", "POST", "/notes", json=body)
 
     def search(
