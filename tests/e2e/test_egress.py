@@ -196,10 +196,13 @@ def test_the_published_api_answers_through_the_proxy(compose_mesh: ComposeMesh) 
     # The ingress port reaches the API and nothing else: a request for another host
     # (an absolute URL, as to a forward proxy) is answered by the API itself.
     with httpx.Client(proxy=f"http://127.0.0.1:{compose_mesh.api_port}", trust_env=False) as c:
-        for url in ("http://allowed.example.test/", "http://broker:6379/"):
+        for url in ("http://allowed.example.test/tasks", "http://broker:6379/tasks"):
             answer = c.get(url, timeout=30)
             # The API's own refusal (no token sent): not the other host's answer.
             assert answer.status_code == 401 and "API token" in answer.json()["detail"], url
+        # The other host's front page is the API's own: the redirect to the dashboard.
+        front = c.get("http://allowed.example.test/", timeout=30)
+        assert (front.status_code, front.headers.get("location")) == (307, "/ui/"), front.text
 
 
 GATEWAY_PROBE = """
