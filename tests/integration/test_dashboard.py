@@ -175,7 +175,8 @@ def test_a_500_span_trace_is_drawn_as_a_waterfall(page: Dashboard, mesh: LocalMe
 
 
 def trace_of(mesh: LocalMesh, task_id: str) -> dict[str, Any]:
-    reply = mesh.api.get(f"/tasks/{task_id}/trace", params={"wait": 20})
+    # The route may hold the request for its whole wait: the client's timeout covers it.
+    reply = mesh.api.get(f"/tasks/{task_id}/trace", params={"wait": 20}, timeout=35)
     assert reply.status_code == 200, reply.text
     body: dict[str, Any] = reply.json()
     return body
