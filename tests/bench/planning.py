@@ -54,10 +54,11 @@ def run_task(api: httpx.Client, text: str, poll_s: float = 0.02) -> float:
     return time.perf_counter() - start
 
 
-def mesh_cpu_s(mesh: LocalMesh) -> float:
-    """CPU seconds (user + system) of every process in the mesh's process sessions."""
-    sessions = {p.pid for p in mesh.procs.values() if p.alive()}
-    total = 0
+def mesh_cpu_by_process(mesh: LocalMesh) -> dict[str, float]:
+    """CPU seconds (user + system, reaped children included) of each of the mesh's
+    processes, counting every process in its process session."""
+    sessions = {p.pid: name for name, p in mesh.procs.items() if p.alive()}
+    ticks = dict.fromkeys(sessions.values(), 0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -67,15 +68,22 @@ def mesh_cpu_s(mesh: LocalMesh) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         # fields[3] is the session id; [11] utime, [12] stime, [13] cutime, [14] cstime
-        if int(fields[3]) in sessions:
-            total += sum(int(f) for f in fields[11:15])
-    return total / CLK_TCK
+        name = sessions.get(int(fields[3]))
+        if name is not None:
+            ticks[name] += sum(int(f) for f in fields[11:15])
+    return {name: t / CLK_TCK for name, t in ticks.items()}
+
+
+def mesh_cpu_s(mesh: LocalMesh) -> float:
+    """CPU seconds (user + system) of every process in the mesh's process sessions."""
+    return sum(mesh_cpu_by_process(mesh).values())
 
 
 def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dict[str, Any]:
     """Submit ``n`` tasks at once and wait for every one; wall time, CPU, outcome."""
     r = mesh.redis()
-    cpu_before = mesh_cpu_s(mesh)
+    by_process_before = mesh_cpu_by_process(mesh)
+    cpu_before = sum(by_process_before.values())
     start = time.perf_counter()
     with (
         ThreadPoolExecutor(max_workers=16) as pool,
@@ -99,7 +107,14 @@ def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dic
 
     wait_until(all_done, f"{n} tasks to end", timeout=timeout)
     wall = time.perf_counter() - start
-    cpu = mesh_cpu_s(mesh) - cpu_before
+    by_process = mesh_cpu_by_process(mesh)
+    cpu = sum(by_process.values()) - cpu_before
+    # CPU milliseconds per task of each process (replicas of one role summed).
+    per_task_ms: dict[str, float] = {}
+    for name, after in by_process.items():
+        role = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+        spent = after - by_process_before.get(name, after)
+        per_task_ms[role] = per_task_ms.get(role, 0.0) + spent * 1000 / n
     statuses: dict[str, int] = {}
     for i in range(0, n, 200):
         raws = r.mget([f"agentmesh:task:{t}" for t in ids[i : i + 200]])
@@ -114,6 +129,7 @@ def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dic
         "tasks_per_cpu_s": round(n / cpu, 3) if cpu else None,
         "statuses": statuses,
         "peak_unfinished": peak_running,
+        "cpu_ms_per_task": {k: round(v, 1) for k, v in sorted(per_task_ms.items())},
     }
 
 
