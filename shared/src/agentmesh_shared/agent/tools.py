@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -9,6 +10,19 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 A = TypeVar("A", bound=BaseModel)
+
+
+@functools.cache
+def _input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema without its title, made once per model.
+
+    The agent loop sends every tool's schema with every model call; pydantic builds a
+    schema afresh each time it is asked (~0.25 ms a model), so it is kept here. Read
+    only: callers serialise it, none changes it.
+    """
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
 
 
 class ToolError(Exception):
@@ -53,9 +67,12 @@ class Tool(Generic[A]):
     fn: Callable[[A, ToolContext], str]
 
     def schema(self) -> dict[str, Any]:
-        schema = self.input_model.model_json_schema()
-        schema.pop("title", None)
-        return {"name": self.name, "description": self.description, "input_schema": schema}
+        """The tool as the Messages API takes it (the model's JSON schema is made once)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": _input_schema(self.input_model),
+        }
 
     def invoke(self, raw: object, ctx: ToolContext) -> ToolOutcome:
         try:
