@@ -7,8 +7,9 @@ tasks) can build on it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -43,10 +44,16 @@ class Researcher:
     role: Role = Role.RESEARCHER
     system_prompt: str = SYSTEM_PROMPT
     _http: httpx.Client | None = None
+    _http_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def http(self, settings: Settings) -> httpx.Client:
+        """The process's one fetch client. Made under a lock: a burst of first subtasks
+        on many threads at once would otherwise each build one (an SSL context each,
+        ~15 ms of CPU) and keep only the last."""
         if self._http is None:
-            self._http = fetch_client(settings)
+            with self._http_lock:
+                if self._http is None:
+                    self._http = fetch_client(settings)
         return self._http
 
     def open_session(self, msg: SubtaskMessage, runtime: WorkerRuntime) -> ResearchSession:
