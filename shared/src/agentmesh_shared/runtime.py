@@ -8,6 +8,7 @@ subtasks it runs now; the heartbeat renews their leases through the hand-off and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmesh_shared.budget import TokenBudget
 from agentmesh_shared.handoff import Handoff
-from agentmesh_shared.llm import make_client
+from agentmesh_shared.llm import LLMNotConfiguredError, make_client
 from agentmesh_shared.mcp import McpHub, load_config, mcp_tools
 from agentmesh_shared.models import Role, SubtaskMessage, WorkerInfo
 from agentmesh_shared.redisconn import connect
@@ -107,6 +108,17 @@ class WorkerRuntime:
             connect_timeout_s=self.settings.mcp_connect_timeout_s,
             call_timeout_s=self.settings.mcp_call_timeout_s,
         )
+
+    def warm_up(self) -> None:
+        """Make the model client before the first subtask, not during it.
+
+        Building it imports the SDK's HTTP stack (~0.5 s of CPU once per process); made
+        lazily, that landed on the first burst of subtasks a new replica took, and
+        every one of them waited for it. Without a configured model nothing is made:
+        each subtask then fails with the reason, as before.
+        """
+        with contextlib.suppress(LLMNotConfiguredError):
+            _ = self.llm
 
     def mcp_tools(self) -> list[AgentTool]:
         """The MCP tools a subtask of this role is offered."""

@@ -167,6 +167,7 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
             log.info("mcp server %s connected", name)
         else:
             log.error("mcp server %s (%s) is not connected: %s", name, hub.servers[name].url, error)
+    runtime.warm_up()
     metrics.observe(
         "agentmesh.worker.in_flight",
         "{loop}",
