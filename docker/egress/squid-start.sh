@@ -75,6 +75,13 @@ positive_dns_ttl 30 seconds
 negative_dns_ttl 5 seconds
 connect_timeout 15 seconds
 request_body_max_size 32 MB
+# A GET or HEAD with a body is passed on (the API ignores it) instead of refused with
+# 411: Squid closes after that refusal without reading the body, and the reset that
+# follows can destroy the answer before the client reads it.
+request_entities on
+# Idle connections to the API are closed here first: the servers keep theirs longer
+# (agentmesh_orchestrator/http_serve.py), so none is closed under a request reusing it.
+pconn_timeout 60 seconds
 
 auth_param basic program /usr/lib/squid/basic_ncsa_auth ${passwd}
 auth_param basic children 4 startup=1 idle=1

@@ -30,7 +30,6 @@ from urllib.request import proxy_bypass
 
 import httpx
 import redis.asyncio as aioredis
-import uvicorn
 from agentmesh_shared import keys, telemetry
 from agentmesh_shared.llm.client import NOT_CONFIGURED
 from agentmesh_shared.logs import setup_logging
@@ -41,6 +40,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from agentmesh_orchestrator.http_serve import serve
 
 log = logging.getLogger("agentmesh.gateway")
 _tracer = telemetry.tracer("agentmesh.gateway")
@@ -388,14 +389,7 @@ def main() -> None:
             "callers": sorted(set(gateway.credentials.values())),
         },
     )
-    uvicorn.run(
-        create_app(gateway),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(gateway), settings.gateway_host, settings.gateway_port)
     telemetry.shutdown_telemetry()
 
 

@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-import uvicorn
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.memory import MemoryClientError, MemoryHit, MemoryUnavailableError
 from agentmesh_shared.memory.client import MetadataValue
@@ -37,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmesh_orchestrator.chroma_memory import ChromaMemory
+from agentmesh_orchestrator.http_serve import serve
 
 log = logging.getLogger("agentmesh.memory_gate")
 T = TypeVar("T")
@@ -234,14 +234,7 @@ def main() -> int:
     except SettingsError as err:
         print(f"memory-gate: {err}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        gate,
-        host=settings.memory_gate_host,
-        port=settings.memory_gate_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    serve(gate, settings.memory_gate_host, settings.memory_gate_port)
     return 0
 
 

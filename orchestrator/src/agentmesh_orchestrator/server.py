@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 
-import uvicorn
 from agentmesh_shared import metrics
 from agentmesh_shared.health import beat
 from agentmesh_shared.logs import setup_logging
@@ -15,6 +14,7 @@ from agentmesh_shared.settings import settings_or_exit
 from agentmesh_shared.telemetry import setup_telemetry, shutdown_telemetry
 
 from agentmesh_orchestrator.api import create_app
+from agentmesh_orchestrator.http_serve import serve
 from agentmesh_orchestrator.service import Services
 
 
@@ -54,12 +54,5 @@ def run() -> None:
         lambda: [(int(services.redis.llen(q)), {"messaging.destination.name": q}) for q in queues],
     )
     app = create_app(services)
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    serve(app, settings.api_host, settings.api_port)
     shutdown_telemetry()
