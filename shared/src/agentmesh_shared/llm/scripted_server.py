@@ -235,6 +235,11 @@ def estimate_tokens(value: object) -> int:
 class ScriptedHandler(BaseHTTPRequestHandler):
     server: ScriptedServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes: with Nagle's algorithm the body waits for
+    # the client's delayed ACK of the headers, ~40 ms a reply on a kept-alive
+    # connection, which every caller through the gateway paid and the SDK's own
+    # first connections did not.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
