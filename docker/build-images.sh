@@ -26,7 +26,8 @@
 #   AGENTMESH_IMAGE_SOURCE     official | offline (default: decided by a test pull)
 #   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
 #   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest; the
-#                              offline stand-ins are then tagged offline-<tag>)
+#                              offline stand-ins are then tagged offline-<tag>, the
+#                              offline base bookworm-<tag>)
 #   AGENTMESH_BUILD_NO_CACHE   1: build every layer anew (docker build --no-cache), e.g.
 #                              when the smoke test finds a cached layer missing files
 #   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
@@ -42,7 +43,6 @@ OFFICIAL_REDIS_IMAGE=${OFFICIAL_REDIS_IMAGE:-redis:7.4-bookworm}
 OFFICIAL_COLLECTOR_IMAGE=${OFFICIAL_COLLECTOR_IMAGE:-otel/opentelemetry-collector-contrib:0.150.0}
 # The egress proxy is Debian's squid in both modes; this is its base where a registry is.
 OFFICIAL_EGRESS_BASE_IMAGE=${OFFICIAL_EGRESS_BASE_IMAGE:-debian:bookworm-slim}
-BASE_IMAGE=agentmesh/python-base:bookworm
 DEBIAN_SUITE=bookworm
 # The same path inside the base image, so apt there (and on the host, reading the
 # base's sources for the stand-ins' packages) checks the same keys.
@@ -53,6 +53,9 @@ IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
 # by side (AGENTMESH_IMAGE_TAG=a, =b) never replace each other's images.
 STANDIN_TAG=offline
 [ "$IMAGE_TAG" = latest ] || STANDIN_TAG=offline-$IMAGE_TAG
+# The offline base follows it as well (agentmesh/python-base:bookworm-<tag>).
+BASE_IMAGE=agentmesh/python-base:bookworm
+[ "$IMAGE_TAG" = latest ] || BASE_IMAGE=$BASE_IMAGE-$IMAGE_TAG
 SERVICES=(orchestrator researcher coder)
 declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/researcher [coder]=agents/coder)
 declare -A SERVICE_SCRIPTS=(
