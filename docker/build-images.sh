@@ -9,7 +9,10 @@
 #   offline   no registry: a Debian bookworm root filesystem, built with mmdebstrap
 #             from the host's apt mirror, is imported as agentmesh/python-base:bookworm,
 #             and Redis, Chroma and the collector are stand-ins built on it
-#             (agentmesh/{redis,chroma,otel-collector}:offline).
+#             (agentmesh/{redis,chroma,otel-collector}:offline). The service images
+#             are built in it but run on agentmesh/python-runtime:bookworm, the same
+#             root filesystem cut to what a running Python service needs
+#             (docker/python-runtime/trim-rootfs.py).
 # The MCP sidecars' image (agentmesh/mcp: the reference MCP servers behind mcp-proxy)
 # is built on the same Python base either way.
 # Either way the orchestrator, researcher and coder images come from the same
@@ -26,7 +29,8 @@
 #   AGENTMESH_IMAGE_SOURCE     official | offline (default: decided by a test pull)
 #   AGENTMESH_PULL_TIMEOUT     seconds allowed for that test pull (default 120)
 #   AGENTMESH_IMAGE_TAG        tag of the agentmesh service images (default latest; the
-#                              offline stand-ins are then tagged offline-<tag>)
+#                              offline stand-ins are then tagged offline-<tag>, the
+#                              offline base and runtime bookworm-<tag>)
 #   AGENTMESH_BUILD_NO_CACHE   1: build every layer anew (docker build --no-cache), e.g.
 #                              when the smoke test finds a cached layer missing files
 #   AGENTMESH_DEBIAN_MIRROR    Debian mirror for the offline base (default: the host's)
@@ -42,7 +46,6 @@ OFFICIAL_REDIS_IMAGE=${OFFICIAL_REDIS_IMAGE:-redis:7.4-bookworm}
 OFFICIAL_COLLECTOR_IMAGE=${OFFICIAL_COLLECTOR_IMAGE:-otel/opentelemetry-collector-contrib:0.150.0}
 # The egress proxy is Debian's squid in both modes; this is its base where a registry is.
 OFFICIAL_EGRESS_BASE_IMAGE=${OFFICIAL_EGRESS_BASE_IMAGE:-debian:bookworm-slim}
-BASE_IMAGE=agentmesh/python-base:bookworm
 DEBIAN_SUITE=bookworm
 # The same path inside the base image, so apt there (and on the host, reading the
 # base's sources for the stand-ins' packages) checks the same keys.
@@ -53,6 +56,13 @@ IMAGE_TAG=${AGENTMESH_IMAGE_TAG:-latest}
 # by side (AGENTMESH_IMAGE_TAG=a, =b) never replace each other's images.
 STANDIN_TAG=offline
 [ "$IMAGE_TAG" = latest ] || STANDIN_TAG=offline-$IMAGE_TAG
+# The offline base and runtime follow it as well (agentmesh/python-base:bookworm-<tag>).
+BASE_IMAGE=agentmesh/python-base:bookworm
+RUNTIME_BASE_IMAGE=agentmesh/python-runtime:bookworm
+if [ "$IMAGE_TAG" != latest ]; then
+	BASE_IMAGE=$BASE_IMAGE-$IMAGE_TAG
+	RUNTIME_BASE_IMAGE=$RUNTIME_BASE_IMAGE-$IMAGE_TAG
+fi
 SERVICES=(orchestrator researcher coder)
 declare -A SERVICE_DIR=([orchestrator]=orchestrator [researcher]=agents/researcher [coder]=agents/coder)
 declare -A SERVICE_SCRIPTS=(
@@ -189,6 +199,36 @@ build_base_image() {
 	log "built $BASE_IMAGE in $((SECONDS - began)) s"
 }
 
+# agentmesh/python-runtime:bookworm: the base's root filesystem without what only
+# installs, builds or administers (apt, dpkg, perl, shells, coreutils, ...), for the
+# service images to run on. Rebuilt when the base or the trimming script changes.
+build_runtime_image() {
+	local inputs previous began=$SECONDS
+	inputs="$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE") $(sha256sum docker/python-runtime/trim-rootfs.py | cut -d' ' -f1)"
+	previous=$(docker image inspect --format '{{.Id}}' "$RUNTIME_BASE_IMAGE" 2>/dev/null || true)
+	if [ -n "$previous" ] && [ "$(docker image inspect --format '{{index .Config.Labels "agentmesh.runtime.inputs"}}' "$RUNTIME_BASE_IMAGE")" = "$inputs" ]; then
+		log "runtime image $RUNTIME_BASE_IMAGE is current: kept"
+		return
+	fi
+	mkdir -p "$BUILD/base" "$LOGS"
+	if ! docker run --rm -i --network none "$BASE_IMAGE" python3 - <docker/python-runtime/trim-rootfs.py \
+		>"$BUILD/base/runtime.tar" 2>"$LOGS/python-runtime.log"; then
+		cat "$LOGS/python-runtime.log" >&2
+		die "trimming $BASE_IMAGE into $RUNTIME_BASE_IMAGE failed"
+	fi
+	docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'ENV LANG=C.UTF-8' \
+		--change 'CMD ["python3"]' \
+		--change "LABEL org.opencontainers.image.title=\"agentmesh-python-runtime\" org.opencontainers.image.description=\"The packages of $BASE_IMAGE a running Python service needs: no shell, no package manager\" agentmesh.runtime.inputs=\"$inputs\"" \
+		"$BUILD/base/runtime.tar" "$RUNTIME_BASE_IMAGE" >/dev/null
+	rm -f "$BUILD/base/runtime.tar"
+	if [ -n "$previous" ]; then
+		docker rmi "$previous" >/dev/null 2>&1 || true
+	fi
+	log "built $RUNTIME_BASE_IMAGE in $((SECONDS - began)) s ($(sed -n 's/^trim-rootfs: kept \([0-9]*\) packages.*/\1/p' "$LOGS/python-runtime.log") packages kept)"
+}
+
 # The wheel tag and marker environment of the image's interpreter.
 probe_python() {
 	local image=$1 env_json
@@ -254,24 +294,43 @@ build_service_images() {
 		docker_build "$service" "agentmesh/$service:$IMAGE_TAG" \
 			--file "${SERVICE_DIR[$service]}/Dockerfile" \
 			--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+			--build-arg "RUNTIME_IMAGE=$RUNTIME_IMAGE" \
 			--build-arg "PYTHON_TAG=$PYTHON_TAG" \
 			--build-arg "VERSION=$(lock_version "agentmesh-$service")" \
 			--build-arg "REVISION=$revision" .
 	done
 }
 
-# Each service image imports its packages and has its console scripts, as uid 10001,
-# with no network and a read-only root; the orchestrator's (where the memory service
-# runs) loads the embedding model.
+# Each service image imports every module of its packages (so everything they import
+# at run time: the mcp client with the SDK's server side, Celery's threads pool, the
+# OpenTelemetry exporters, ...) and has its console scripts, as uid 10001, with no
+# network and a read-only root. What the runtime image must still provide is checked
+# too: every extension module of the standard library loads (the libraries they link
+# are there), TLS finds the CA bundle, and a thread starts python -I (as the
+# sandbox does). The orchestrator's (where the memory service runs) loads the
+# embedding model.
 smoke_test_service_images() {
 	local service packages
 	for service in "${SERVICES[@]}"; do
 		packages="agentmesh_shared agentmesh_$service"
 		docker run --rm --network none --read-only --cap-drop ALL \
 			--security-opt no-new-privileges "agentmesh/$service:$IMAGE_TAG" python -c "
-import importlib, importlib.metadata, os, shutil, sys
+import glob, importlib, importlib.metadata, importlib.util, os, pkgutil, shutil, ssl, subprocess, sys, threading
 for package in '$packages'.split():
-    importlib.import_module(package)
+    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):
+        importlib.import_module(module.name)
+dynload = os.path.dirname(importlib.util.find_spec('_ssl').origin)
+for path in glob.glob(dynload + '/*.so'):
+    importlib.import_module(os.path.basename(path).split('.')[0])
+if not ssl.create_default_context().cert_store_stats()['x509_ca']:
+    sys.exit('TLS finds no CA certificates')
+ran = []
+thread = threading.Thread(target=lambda: ran.append(subprocess.run(
+    [sys.executable, '-I', '-c', 'print(6 * 7)'], capture_output=True, text=True, check=True).stdout))
+thread.start()
+thread.join()
+if ran != ['42\\n']:
+    sys.exit(f'python -I from a thread printed {ran}')
 # Every module each installed distribution recorded is there (test suites are pruned): a layer that lost one
 # (seen once when a cached COPY of the venv came out short) fails here, not at start.
 lost = [d.metadata['Name'] + ': ' + str(f) for d in importlib.metadata.distributions()
@@ -453,6 +512,7 @@ write_images_env() {
 # The images of this machine's mesh, written by docker/build-images.sh: do not edit.
 AGENTMESH_IMAGE_SOURCE=$SOURCE
 PYTHON_IMAGE=$PYTHON_IMAGE
+RUNTIME_IMAGE=$RUNTIME_IMAGE
 ORCHESTRATOR_IMAGE=agentmesh/orchestrator:$IMAGE_TAG
 RESEARCHER_IMAGE=agentmesh/researcher:$IMAGE_TAG
 CODER_IMAGE=agentmesh/coder:$IMAGE_TAG
@@ -476,9 +536,12 @@ main() {
 	if [ "$SOURCE" = official ]; then
 		pull_official_infra
 		PYTHON_IMAGE=$OFFICIAL_PYTHON_IMAGE
+		RUNTIME_IMAGE=$OFFICIAL_PYTHON_IMAGE
 	else
 		build_base_image
+		build_runtime_image
 		PYTHON_IMAGE=$BASE_IMAGE
+		RUNTIME_IMAGE=$RUNTIME_BASE_IMAGE
 	fi
 	probe_python "$PYTHON_IMAGE"
 	fill_wheelhouse

@@ -5,6 +5,9 @@ messages are in ``sandbox_protocol``; this module stays free of third-party impo
 so the healthcheck starts in a fraction of the time the server needs.
 
     python -m agentmesh_coder.sandbox_wire SOCKET    exit 0 if the replica answers a ping
+
+``{hostname}`` in SOCKET is replaced by the host name, so the compose healthcheck names
+its own replica's socket without a shell (the offline runtime image has none).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def ping(path: str, timeout: float = 5.0) -> str | None:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python -m agentmesh_coder.sandbox_wire SOCKET")
-    problem = ping(sys.argv[1])
+    problem = ping(sys.argv[1].replace("{hostname}", socket.gethostname()))
     if problem:
         sys.exit(f"sandbox: {problem}")
 
