@@ -86,8 +86,9 @@ pconn_timeout 60 seconds
 # With keep-alive, Squid 5.7 now and then closes a client's idle connection without
 # having said so, and the client's next request on it fails with no answer at all
 # (tests/e2e/test_fuzz.py: 0.5-1 % of requests under load; a HEAD answered with a
-# chunked response is one way to cause it). A new loopback connection per request
-# costs far less than a request lost on the wire.
+# chunked response is one way to cause it). A new connection per request costs far
+# less than a request lost on the wire; it applies to the forward port too (a fetch
+# is one request anyway), while a CONNECT tunnel lasts as long as its client keeps it.
 client_persistent_connections off
 
 auth_param basic program /usr/lib/squid/basic_ncsa_auth ${passwd}
