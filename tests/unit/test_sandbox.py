@@ -122,6 +122,54 @@ def test_the_run_cannot_signal_or_read_the_memory_of_the_server(sandbox: Sandbox
     assert r.stdout == "signal denied\nmem denied\n", r.stderr
 
 
+def test_the_run_holds_no_descriptor_of_the_sandbox_and_cannot_reach_its_launcher(
+    sandbox: Sandbox, server: SandboxServer
+) -> None:
+    run(sandbox, "print('start the launcher')")
+    launcher = server.runner.launcher.pid
+    assert launcher is not None
+    # A program that finds the socket its supervisor answers on could forge the
+    # outcome: it must hold its three pipes and nothing else. Nor may it signal the
+    # launcher or read its memory (a fork of it is every later run's supervisor).
+    code = (
+        "import json, os\n"
+        "fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+        "kinds = {fd: os.readlink(f'/proc/self/fd/{fd}').split(':')[0] for fd in fds[:3]}\n"
+        f"try:\n    os.kill({launcher}, 0); sig = 'ok'\nexcept PermissionError: sig = 'denied'\n"
+        "try:\n"
+        f"    open('/proc/{launcher}/mem', 'rb').read(1); mem = 'read'\n"
+        "except OSError as e:\n    mem = e.errno\n"
+        "forged = 0\n"
+        "for fd in range(3, 64):\n"
+        '    try:\n        os.write(fd, b\'{"exit_code": 0, "stdout": "forged"}\\n\'); forged += 1\n'
+        "    except OSError:\n        pass\n"
+        "print(json.dumps([fds, kinds, sig, mem, forged]))\n"
+    )
+    r = run(sandbox, code)
+    fds, kinds, sig, mem, forged = json.loads(r.stdout)
+    # 0-2 and the descriptor os.listdir held while it listed
+    assert fds[:3] == [0, 1, 2] and len(fds) <= 4, fds
+    assert set(kinds.values()) <= {"pipe", "/dev/null"}, kinds
+    assert (sig, forged) == ("denied", 0), r.stdout
+    assert mem in (1, 13), mem  # EPERM / EACCES
+
+
+def test_a_dead_launcher_is_replaced_and_the_next_run_works(
+    sandbox: Sandbox, server: SandboxServer
+) -> None:
+    assert run(sandbox, "print(1)").stdout == "1\n"
+    first = server.runner.launcher.pid
+    assert first is not None
+    os.kill(first, 9)
+    deadline = time.monotonic() + 5
+    while server.runner.launcher.pid is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = run(sandbox, "print(2)")
+    assert (r.exit_code, r.stdout) == (0, "2\n"), r.stderr
+    second = server.runner.launcher.pid
+    assert second is not None and second != first
+
+
 def test_two_runs_at_once_cannot_see_each_other(sandbox: Sandbox, settings: Settings) -> None:
     writer = (
         "import os, time\nopen('mine.txt', 'w').write('private')\n"

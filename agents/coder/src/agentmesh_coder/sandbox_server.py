@@ -3,8 +3,10 @@
 It listens on a unix socket (``<socket dir>/<host name>.sock``, one per replica) in a
 volume it shares only with the coder; the container has no network at all. Each
 request carries the run's files; the server writes them into a fresh directory
-under its scratch root, starts a supervisor (``supervisor.py``) for the run, and
-answers with the outcome, the files as the run left them, and its span of the run.
+under its scratch root, has its launcher fork a supervisor (``supervisor.py``) for
+the run, and answers with the outcome, the files as the run left them, and its span
+of the run. The launcher is a single-threaded interpreter the server starts once
+(again if it dies); the threaded server itself never forks a run.
 
 The server is not dumpable (``PR_SET_DUMPABLE=0``): processes of the same uid cannot
 read its memory or environment through ``/proc``. It refuses to start on a kernel
@@ -71,6 +73,101 @@ def socket_path(settings: Settings, replica: str | None = None) -> Path:
     return settings.sandbox_socket_dir / f"{replica or replica_name(settings)}.sock"
 
 
+# The launcher's and the supervisors' environment: nothing of the server's.
+_LAUNCHER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+class Launcher:
+    """The replica's one launcher process (``supervisor.py --launcher``), which forks a
+    supervisor for each run it is handed.
+
+    :meth:`connect` hands it one end of a new socket pair and returns the other: the
+    run's supervisor reads its configuration and stdin from it and answers on it. The
+    launcher is started on first use and again whenever it is found dead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _start(self) -> None:
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    supervisor.__file__,
+                    "--launcher",
+                    str(theirs.fileno()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+                env=_LAUNCHER_ENV,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._control = ours
+        log.info("sandbox launcher started (pid %d)", self._proc.pid)
+
+    def connect(self) -> socket.socket:
+        """A socket to a newly forked supervisor."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self._lock:
+                for attempt in (1, 2):
+                    if self._control is None or self._proc is None or self._proc.poll() is not None:
+                        if self._proc is not None:
+                            log.warning(
+                                "sandbox launcher gone (exit %s): starting another",
+                                self._proc.returncode,
+                            )
+                        self._start()
+                    assert self._control is not None
+                    try:
+                        socket.send_fds(self._control, [b"r"], [theirs.fileno()])
+                        break
+                    except OSError:
+                        if attempt == 2:
+                            raise
+                        self._stop()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    def _stop(self) -> None:
+        if self._control is not None:
+            self._control.close()  # the launcher leaves when it reads the end
+            self._control = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
 class SandboxRunner:
     """Runs one request in a directory of its own, under a supervisor."""
 
@@ -78,6 +175,10 @@ class SandboxRunner:
         self.settings = settings
         self.replica = replica or socket.gethostname()
         self.slots = threading.BoundedSemaphore(settings.sandbox_concurrency)
+        self.launcher = Launcher()
+
+    def close(self) -> None:
+        self.launcher.close()
 
     def rlimits(self) -> dict[str, int]:
         s = self.settings
@@ -158,24 +259,35 @@ class SandboxRunner:
                 "PYTHONIOENCODING": "utf-8",
             },
         }
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", supervisor.__file__, json.dumps(cfg)],
-            input=request.stdin.encode(),
-            capture_output=True,
-            timeout=s.sandbox_wall_s + 30,
-            cwd=workdir,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            check=False,
-        )
+        with self.launcher.connect() as conn:
+            conn.settimeout(s.sandbox_wall_s + 30)
+            try:
+                supervisor.send_frame(conn, json.dumps(cfg).encode())
+                supervisor.send_frame(conn, request.stdin.encode())
+                conn.shutdown(socket.SHUT_WR)
+                answer = _read_to_end(conn)
+            except OSError as err:
+                msg = f"the run's supervisor did not answer: {err}"
+                raise RuntimeError(msg) from err
         try:
-            result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+            result = json.loads(answer.decode().strip().splitlines()[-1])
         except (ValueError, IndexError) as err:
-            msg = f"the run's supervisor failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}"
+            msg = "the run's supervisor ended without an answer (see the sandbox's log)"
             raise RuntimeError(msg) from err
         if "setup_error" in result:
             msg = f"the run could not be isolated: {result['setup_error']}"
             raise RuntimeError(msg)
         return RunOutcome(**result, files=collect_files(workdir))
+
+
+def _read_to_end(conn: socket.socket, limit: int = 64 * 1024 * 1024) -> bytes:
+    data = bytearray()
+    while chunk := conn.recv(1 << 20):
+        data += chunk
+        if len(data) > limit:
+            msg = f"the supervisor's answer is over {limit} bytes"
+            raise OSError(msg)
+    return bytes(data)
 
 
 def collect_files(workdir: Path) -> dict[str, str]:
@@ -281,6 +393,10 @@ class SandboxServer(socketserver.ThreadingUnixStreamServer):
         super().__init__(str(path), _Handler)
         # The coder runs under another uid: it may connect, nothing else is shared.
         path.chmod(0o666)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.runner.close()
 
 
 def serve(settings: Settings) -> None:

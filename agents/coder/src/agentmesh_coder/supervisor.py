@@ -1,8 +1,15 @@
 """The per-run supervisor: runs one program and kills everything it started.
 
-The sandbox server starts ``python -I -S supervisor.py CONFIG`` for each run, with
-the run's stdin on its stdin; it prints one JSON line with the outcome. Standard
-library only (it runs without ``site``).
+Standard library only (it runs without ``site``). The sandbox server starts one
+*launcher* per replica, ``python -I -S supervisor.py --launcher FD``: a
+single-threaded process that holds nothing of any run and does one thing, fork. For
+each run the server passes it one end of a fresh socket pair (``SCM_RIGHTS`` over the
+control socket FD); the launcher forks, and the child is that run's supervisor: it
+reads the run's configuration and stdin from its socket, supervises the program and
+writes one JSON line with the outcome back. A run so costs a fork instead of an
+interpreter's start, and the server, which is threaded and holds other runs'
+requests, is never forked. ``python -I -S supervisor.py CONFIG`` (stdin on stdin,
+the outcome on stdout) runs one run without a launcher.
 
 Isolation, without capabilities:
 
@@ -33,6 +40,7 @@ import platform
 import resource
 import selectors
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -55,6 +63,8 @@ _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
 MIN_ABI = 6  # signal and abstract-socket scoping
 
 _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _PR_SET_CHILD_SUBREAPER = 38, 22, 36
+_PR_SET_DUMPABLE = 4
+_MAX_FRAME = 16 * 1024 * 1024
 _SECCOMP_MODE_FILTER = 2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -312,15 +322,108 @@ def supervise(cfg: dict[str, Any], stdin_data: bytes) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
-    stdin_data = sys.stdin.buffer.read()
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            msg = f"the run's socket closed with {size - len(data)} of {size} bytes to come"
+            raise SetupError(msg)
+        data += chunk
+    return bytes(data)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    """One frame: a 4-byte big-endian length and that many bytes."""
+    size = struct.unpack(">I", _recv_exactly(sock, 4))[0]
+    if size > _MAX_FRAME:
+        msg = f"frame of {size} bytes is over the {_MAX_FRAME}-byte limit"
+        raise SetupError(msg)
+    return _recv_exactly(sock, size)
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _outcome(cfg: dict[str, Any], stdin_data: bytes) -> dict[str, Any]:
     try:
-        result = supervise(cfg, stdin_data)
+        return supervise(cfg, stdin_data)
     except SetupError as err:
-        print(json.dumps({"setup_error": str(err)}), flush=True)
-        sys.exit(3)
+        return {"setup_error": str(err)}
+
+
+def _supervise_over(sock: socket.socket) -> None:
+    """In a child of the launcher: one run, its configuration and stdin read from
+    ``sock`` and its outcome written back as one JSON line."""
+    try:
+        cfg = json.loads(recv_frame(sock))
+        stdin_data = recv_frame(sock)
+        result = _outcome(cfg, stdin_data)
+    except (SetupError, ValueError, OSError) as err:
+        result = {"setup_error": f"the run's request could not be read: {err}"}
+    sock.sendall(json.dumps(result).encode() + b"\n")
+
+
+def launcher(control_fd: int) -> None:
+    """Fork one supervisor per file descriptor received on ``control_fd``; return when
+    the server closes its end (the server's exit closes it too)."""
+    # Nothing of the same uid may read this process's memory through /proc. The
+    # supervisors forked from it inherit that: they never exec (only the program
+    # does, in its own nested Landlock domain, and it starts dumpable as before).
+    _prctl(_PR_SET_DUMPABLE, 0)
+    control = socket.socket(fileno=control_fd)
+    control.set_inheritable(False)
+    # Supervisors are reaped by the kernel: the launcher never waits for a run.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 1, 4)
+        except OSError:
+            return
+        # Close-on-exec before anything forks: the program must never hold the socket
+        # its supervisor answers on (it could forge the outcome). recv_fds ignores
+        # MSG_CMSG_CLOEXEC in Python 3.11, so it is set here.
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            return
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        try:
+            pid = os.fork()
+        except OSError as err:
+            # The pids limit: the server reads the run's socket closing unanswered.
+            os.write(2, f"sandbox launcher: fork failed: {err}\n".encode())
+            os.close(fds[0])
+            continue
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                control.close()
+                with socket.socket(fileno=fds[0]) as sock:
+                    _supervise_over(sock)
+            except BaseException as err:  # noqa: BLE001 - a child must never return
+                os.write(2, f"sandbox supervisor: {err!r}\n".encode())
+                code = 1
+            os._exit(code)
+        os.close(fds[0])
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--launcher":
+        launcher(int(sys.argv[2]))
+        return
+    cfg = json.loads(sys.argv[1])
+    result = _outcome(cfg, sys.stdin.buffer.read())
     print(json.dumps(result), flush=True)
+    if "setup_error" in result:
+        sys.exit(3)
 
 
 if __name__ == "__main__":
