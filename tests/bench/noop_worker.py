@@ -2,13 +2,15 @@
 
 It uses the real Celery app factory and the real hand-off (result publication that
 wakes the task), and the round trip ends the way a planner replica sees a result: its
-doorbell rings, it claims the task on the planning schedule, reads the result and
-releases the task. So ``make bench`` compares that whole path with raw Celery.
+doorbell rings, it looks up the due tasks, claims the task on the planning schedule,
+reads the result and releases the task. So ``make bench`` compares that whole path with raw Celery.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from agentmesh_orchestrator.schedule import PlanSchedule
@@ -24,27 +26,43 @@ QUEUE = "code"
 NAME = "agentmesh.bench.noop"
 
 
-def round_trip(redis_url: str, subtask_id: str) -> None:
+@dataclass
+class _Planner:
+    """What a planner replica holds for the life of its process."""
+
+    app: Any
+    client: Any
+    schedule: PlanSchedule
+    handoff: Handoff
+
+
+@functools.cache
+def _planner(redis_url: str) -> _Planner:
     settings = load_settings(redis_url=redis_url)
-    app = _app_cache.get(redis_url) or _app_cache.setdefault(redis_url, create_celery_app(settings))
-    client = _redis_cache.get(redis_url) or _redis_cache.setdefault(redis_url, connect(settings))
-    schedule = PlanSchedule(client, "bench-planner", lease_ttl_s=15)
-    handoff = Handoff(client)
+    client = connect(settings)
+    return _Planner(
+        create_celery_app(settings),
+        client,
+        PlanSchedule(client, "bench-planner", lease_ttl_s=15),
+        Handoff(client),
+    )
+
+
+def round_trip(redis_url: str, subtask_id: str) -> None:
+    p = _planner(redis_url)
     task_id = f"task-{subtask_id}"
-    client.zadd(keys.PLAN_DUE, {task_id: time.time() + 600})  # a task waiting on its subtask
-    app.send_task(NAME, args=[subtask_id], queue=QUEUE)
+    p.client.zadd(keys.PLAN_DUE, {task_id: time.time() + 600})  # a task waiting on its subtask
+    p.app.send_task(NAME, args=[subtask_id], queue=QUEUE)
+    # As an idle planner replica: sleep on the doorbell, look up what is due, claim it,
+    # read its subtask's result, end the step.
     while True:
-        claim = schedule.claim(task_id)
-        if claim is not None:
-            if handoff.snapshot([subtask_id])[subtask_id].result is not None:
-                schedule.release(task_id, None)
-                return
-            schedule.release(task_id, time.time() + 600)
-        schedule.wait_for_work(1)
-
-
-_app_cache: dict[str, Any] = {}
-_redis_cache: dict[str, Any] = {}
+        p.schedule.wait_for_work(1)
+        if task_id not in p.schedule.due(8) or p.schedule.claim(task_id) is None:
+            continue
+        if p.handoff.snapshot([subtask_id])[subtask_id].result is not None:
+            p.schedule.release(task_id, None)
+            return
+        p.schedule.release(task_id, time.time() + 600)
 
 
 def main() -> None:

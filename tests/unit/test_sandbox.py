@@ -157,9 +157,18 @@ def test_the_run_holds_no_descriptor_of_the_sandbox_and_cannot_reach_its_launche
 def test_a_dead_launcher_is_replaced_and_the_next_run_works(
     sandbox: Sandbox, server: SandboxServer
 ) -> None:
-    assert run(sandbox, "print(1)").stdout == "1\n"
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.05: pass\n"
+    assert run(sandbox, busy + "print(1)").stdout == "1\n"
     first = server.runner.launcher.pid
     assert first is not None
+    # The run's supervisor was reaped, and its CPU time (50 ms of the program's at
+    # least) is the launcher's children's, as a subprocess's would be.
+    children = Path(f"/proc/{first}/task/{first}/children")
+    deadline = time.monotonic() + 5
+    while children.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert children.read_text().strip() == ""
+    assert int(Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[13]) > 0
     os.kill(first, 9)
     deadline = time.monotonic() + 5
     while server.runner.launcher.pid is not None and time.monotonic() < deadline:

@@ -374,8 +374,9 @@ def launcher(control_fd: int) -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
-    # Supervisors are reaped by the kernel: the launcher never waits for a run.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Each supervisor is reaped as it exits (never waited for in line), so its CPU
+    # time is accounted to the launcher's children as a subprocess's would be.
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: _reap())
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(control, 1, 4)
