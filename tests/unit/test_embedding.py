@@ -157,6 +157,38 @@ def test_thread_safe(embedder: MiniLMEmbedder) -> None:
     np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
 
 
+def test_single_texts_asked_for_at_once_share_forward_passes(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"query {i}: {'what was found about ' * (i % 4 + 1)}topic {i}" for i in range(40)]
+    alone = np.stack([np.asarray(embedder.embed([t])[0]) for t in texts])
+    passes: list[int] = []
+    forward = embedder._forward
+
+    def counted(
+        ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        passes.append(len(ids))
+        return forward(ids, lengths)
+
+    monkeypatch.setattr(embedder, "_forward", counted)
+    barrier = threading.Barrier(20)
+
+    def work(i: int) -> list[float]:
+        barrier.wait()
+        return embedder.embed([texts[i]])[0]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        together = np.asarray(list(pool.map(work, range(len(texts)))))
+    # Each caller gets its own text's vector, the same as embedded alone (padding to
+    # a longer text in the batch changes nothing but rounding) ...
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    # ... and texts that waited together went through one pass.
+    assert sum(passes) == len(texts)
+    assert len(passes) < len(texts), passes
+    assert max(passes) <= embedder.batch_size
+
+
 def test_process_wide_embedder_is_loaded_once() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         instances = list(pool.map(lambda _: get_embedder(), range(8)))
