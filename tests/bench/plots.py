@@ -81,10 +81,13 @@ def tracing(result: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     on, off = result["samples"]["on"], result["samples"]["off"]
     ax.boxplot([off, on], tick_labels=["tracing off", "tracing on"])
-    low, high = result["ci95"]
+    low, high = result["paired_ci95"]
     ax.set(
         ylabel="task latency (s)",
-        title=f"Tracing overhead {result['ratio']} (95 % CI {low}-{high}), {result['pairs']} pairs",
+        title=(
+            f"Tracing on/off, median of pairs {result['paired_ratio']}\n"
+            f"(95 % CI {low}-{high}), {result['pairs']} pairs"
+        ),
     )
     return _save(fig, "tracing_overhead.png")
 
