@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -187,6 +188,35 @@ def test_single_texts_asked_for_at_once_share_forward_passes(
     assert sum(passes) == len(texts)
     assert len(passes) < len(texts), passes
     assert max(passes) <= embedder.batch_size
+
+
+def test_a_failed_shared_pass_fails_every_text_in_it(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward = embedder._forward
+    started = threading.Event()
+    release = threading.Event()
+
+    def failing(
+        ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        started.set()
+        release.wait(5)  # the others queue behind this pass
+        if len(ids) > 1:
+            raise MemoryError("no room for the batch")
+        return forward(ids, lengths)
+
+    monkeypatch.setattr(embedder, "_forward", failing)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(embedder.embed, ["the first text, alone in its pass"])
+        started.wait(5)
+        rest = [pool.submit(embedder.embed, [f"text {i} of the batch"]) for i in range(5)]
+        time.sleep(0.2)
+        release.set()
+        assert len(first.result()[0]) == 384
+        errors = [f.exception(timeout=10) for f in rest]
+    # Every caller whose text was in the failed pass hears why; none waits forever.
+    assert all(isinstance(e, MemoryError) for e in errors), errors
 
 
 def test_process_wide_embedder_is_loaded_once() -> None:

@@ -324,17 +324,28 @@ class MiniLMEmbedder:
             with self._lock:
                 if mine.vector is not None:
                     return mine.vector
+                if mine.error is not None:
+                    raise mine.error
                 with self._waiting_guard:
                     batch = self._take_batch()
-                lengths = np.fromiter((len(w.ids) for w in batch), dtype=np.int64, count=len(batch))
-                batch_ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
-                for row, w in enumerate(batch):
-                    batch_ids[row, : lengths[row]] = w.ids
-                vectors = self._forward(batch_ids, lengths)
+                try:
+                    vectors = self._forward_waiting(batch)
+                except BaseException as err:
+                    # Whoever waits on a text of this batch gets the same error.
+                    for w in batch:
+                        w.error = err
+                    raise
                 for row, w in enumerate(batch):
                     w.vector = vectors[row]
             if mine.vector is not None:
                 return mine.vector
+
+    def _forward_waiting(self, batch: list[_Waiting]) -> F32:
+        lengths = np.fromiter((len(w.ids) for w in batch), dtype=np.int64, count=len(batch))
+        batch_ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
+        for row, w in enumerate(batch):
+            batch_ids[row, : lengths[row]] = w.ids
+        return self._forward(batch_ids, lengths)
 
     def _take_batch(self) -> list[_Waiting]:
         """The oldest waiting texts that fit one pass: at most ``batch_size``, and at
@@ -376,11 +387,12 @@ class MiniLMEmbedder:
 
 
 class _Waiting:
-    __slots__ = ("ids", "vector")
+    __slots__ = ("error", "ids", "vector")
 
     def __init__(self, ids: list[int]) -> None:
         self.ids = ids
         self.vector: F32 | None = None
+        self.error: BaseException | None = None
 
 
 _default: MiniLMEmbedder | None = None
