@@ -322,6 +322,9 @@ def supervise(cfg: dict[str, Any], stdin_data: bytes) -> dict[str, Any]:
     }
 
 
+# The sandbox protocol's framing (sandbox_wire.py) once more: this file runs as a
+# script under ``python -I -S``, without the package on its path, so it cannot import
+# it; the server uses these two functions for the run's socket.
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
