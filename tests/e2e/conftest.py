@@ -123,7 +123,12 @@ class ComposeMesh:
         return data
 
     def logs(self) -> str:
-        return self.compose("logs", "--no-color", "--tail=40", check=False).stdout[-20000:]
+        """The mesh's recent logs, without the collector's and the outside world's
+        (a line every few seconds each, which would push the agents' out of view)."""
+        out = self.compose("logs", "--no-color", "--tail=40", check=False).stdout
+        noisy = ("otel-collector", "outside")
+        kept = [line for line in out.splitlines() if not line.startswith(noisy)]
+        return "\n".join(kept)[-20000:]
 
 
 # The repositories the MCP git sidecar serves in this tier: one, with a known commit.
