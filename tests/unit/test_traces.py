@@ -461,3 +461,28 @@ def test_an_ended_tasks_trace_waits_for_every_model_calls_span(
     with traces_file.open("a") as out:
         out.write(json_line([s for s in mesh.spans("coder") if s.name == "chat coder"]))
     assert client.get("/tasks/task-1/trace").json()["complete"] is True
+
+
+def test_a_read_during_a_rotation_finds_the_files(tmp_path: Path) -> None:
+    """The collector renames a full file to .1 and then creates it anew: a listing
+    between the two finds neither file, and the reader looks again."""
+    current = tmp_path / "traces.jsonl"
+    current.write_text("{}\n")
+    reader = TraceReader(current)
+    stop = threading.Event()
+
+    def rotate() -> None:
+        while not stop.is_set():
+            current.replace(current.with_name("traces.jsonl.1"))
+            time.sleep(0.001)  # the window: no file at either name
+            current.write_text("{}\n")
+            current.with_name("traces.jsonl.1").unlink()
+
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    try:
+        for _ in range(300):
+            reader.read("0" * 31 + "1")
+    finally:
+        stop.set()
+        rotator.join()

@@ -23,6 +23,7 @@ import binascii
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,10 @@ def normalize_trace_id(trace_id: str) -> str:
     return value
 
 
+_LISTING_RETRIES = 3  # listings tried again when one finds no file at all
+_LISTING_RETRY_S = 0.05
+
+
 class TraceReader:
     """Reads spans of one trace from ``path`` and its rotated siblings.
 
@@ -152,6 +157,13 @@ class TraceReader:
         """
         wanted = normalize_trace_id(trace_id)
         files = self.files()
+        for _ in range(_LISTING_RETRIES):
+            if files:
+                break
+            # A rotation renames the file and the next write creates it anew; a
+            # listing between the two finds neither (seen in the integration tier).
+            time.sleep(_LISTING_RETRY_S)
+            files = self.files()
         if not files:
             raise TracesUnavailableError(self.path)
         needles = _needles(wanted)
