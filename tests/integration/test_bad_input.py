@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from agentmesh_shared import deadletter, keys
 from agentmesh_shared.models import TASK_NAME_BY_ROLE, Role
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer
 
@@ -149,7 +149,16 @@ def test_any_json_body_gets_an_answer_never_a_server_error(mesh: LocalMesh, body
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(task_id=st.text(max_size=200))
+@example(task_id="/")
+@example(task_id="no-such-task/")
 def test_any_task_id_is_found_or_cleanly_unknown(mesh: LocalMesh, task_id: str) -> None:
     reply = mesh.api.get(f"/tasks/{quote(task_id, safe='')}", timeout=30)
-    expected = {307} if task_id == "" else {200, 404, 405}  # "/tasks/" redirects to "/tasks"
+    # The router decodes %2F before it routes, and answers a path that ends in "/"
+    # with a redirect to it without the slashes when that path has a route:
+    # "/tasks/" to "/tasks", "/tasks/x%2F" to "/tasks/x".
+    expected = {307} if task_id == "" else {200, 404, 405}
+    if task_id.endswith("/"):
+        expected.add(307)
     assert reply.status_code in expected, (task_id, reply.status_code, reply.text)
+    if reply.status_code == 307:
+        assert not urlsplit(reply.headers["location"]).path.endswith("/"), reply.headers

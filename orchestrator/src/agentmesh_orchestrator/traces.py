@@ -160,8 +160,9 @@ class TraceReader:
         for _ in range(_LISTING_RETRIES):
             if files:
                 break
-            # A rotation renames the file and the next write creates it anew; a
-            # listing between the two finds neither (seen in the integration tier).
+            # The listing is a glob per name pattern and then a stat of each match;
+            # the collector renaming the file to .1 while it runs can hide it under
+            # both names (seen in the integration tier).
             time.sleep(_LISTING_RETRY_S)
             files = self.files()
         if not files:
