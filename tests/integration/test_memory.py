@@ -12,10 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from agentmesh_orchestrator.chroma_memory import ChromaMemory
 from agentmesh_shared.memory import (
     MemoryAuthError,
     MemoryClient,
@@ -240,3 +243,40 @@ def test_bad_requests_get_the_services_reason(memory: MemoryClient) -> None:
     with pytest.raises(MemoryClientError, match="422"):
         MemoryClient(memory.url, "no", token=TOKEN).count()  # not a collection name
     assert memory.count() == 1
+
+
+def test_notes_and_queries_asked_at_once_reach_chroma_together(chroma_url: str) -> None:
+    """A burst of stores goes to Chroma as a few upserts, and a burst of searches as a
+    few queries, with every caller getting what it would have got alone."""
+    memory = ChromaMemory(chroma_url, collection=f"test-{uuid.uuid4().hex[:12]}")
+    passes: dict[str, list[int]] = {"store": [], "search": []}
+    for name, coalescer in (("store", memory._stores), ("search", memory._searches)):
+        run = coalescer._run
+
+        def counted(items: list[Any], run: Any = run, name: str = name) -> Any:
+            passes[name].append(len(items))
+            time.sleep(0.05)  # the burst's other callers queue behind this pass
+            return run(items)
+
+        coalescer._run = counted  # type: ignore[method-assign]
+    topics = ["redis persistence", "sourdough bread", "seccomp filters", "football transfers"]
+
+    def store(i: int) -> None:
+        # ids repeat within the burst: a pass's upsert must carry distinct ids
+        memory.store(f"n-{i % 24}", f"note {i % 24} on {topics[i % 4]}", {"topic": i % 4})
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        list(pool.map(store, range(30)))
+    assert sum(passes["store"]) == 30
+    assert len(passes["store"]) < 30, passes
+    assert memory.count() == 24
+
+    # Queries of two shapes (k and filter): each pass asks one shape.
+    asks = [(topics[i % 4], 2 + i % 2, {"topic": i % 4} if i % 3 else None) for i in range(30)]
+    alone = [[h.id for h in memory.search(q, k=k, where=w)] for q, k, w in asks]
+    passes["search"].clear()
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        together = list(pool.map(lambda a: [h.id for h in memory.search(*a)], asks))
+    assert together == alone
+    assert sum(passes["search"]) == 30
+    assert len(passes["search"]) < 30, passes

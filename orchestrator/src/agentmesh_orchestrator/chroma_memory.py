@@ -15,10 +15,11 @@ the server's URL.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,6 +31,7 @@ from agentmesh_shared.memory import (
 )
 from agentmesh_shared.memory.client import RetryPolicy, checked_metadata
 
+from agentmesh_orchestrator.coalesce import Coalescer
 from agentmesh_orchestrator.embedding import MiniLMEmbedder, get_embedder
 
 if TYPE_CHECKING:
@@ -103,6 +105,56 @@ def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return dict(where)
 
 
+class _Note(NamedTuple):
+    id: str
+    text: str
+    metadata: dict[str, MetadataValue]
+
+
+class _Query(NamedTuple):
+    text: str
+    where: dict[str, Any] | None
+    shape: tuple[int, str]  # k and the filter: a pass asks one query of many vectors
+
+
+# Notes or queries in one pass at most; and a pass's upsert carries at most this
+# much text (a single larger note goes alone).
+_PASS_ITEMS: Final = 64
+_MAX_PASS_CHARS: Final = 1_000_000
+
+
+def _note_fits(taken: list[_Note], note: _Note) -> bool:
+    """A note joins a pass unless its id is already in it (the upsert's ids must be
+    distinct; the later note then goes in the next pass, and wins) or the pass would
+    carry too much text."""
+    return all(n.id != note.id for n in taken) and (
+        sum(len(n.text) for n in taken) + len(note.text) <= _MAX_PASS_CHARS
+    )
+
+
+def _same_shape(taken: list[_Query], query: _Query) -> bool:
+    return query.shape == taken[0].shape
+
+
+def _hits(res: Mapping[str, Any], row: int) -> list[MemoryHit]:
+    """The hits of query ``row`` of a query result."""
+
+    def column(name: str) -> list[Any]:
+        rows = res.get(name) or []
+        return list(rows[row] or []) if row < len(rows) else []
+
+    ids, docs, metas, dists = (column(c) for c in ("ids", "documents", "metadatas", "distances"))
+    return [
+        MemoryHit(
+            id=note_id,
+            text=docs[i] if i < len(docs) and docs[i] is not None else "",
+            metadata=_hit_metadata(metas[i] if i < len(metas) else None),
+            distance=float(dists[i]) if i < len(dists) else None,
+        )
+        for i, note_id in enumerate(ids)
+    ]
+
+
 def _hit_metadata(raw: Mapping[str, Any] | None) -> dict[str, MetadataValue]:
     if not raw:
         return {}
@@ -144,6 +196,12 @@ class ChromaMemory:
         self._lock = threading.Lock()
         self._client: ClientAPI | None = None
         self._collection: Collection | None = None
+        self._stores: Coalescer[_Note, None] = Coalescer(
+            self._store_pass, max_items=_PASS_ITEMS, fits=_note_fits
+        )
+        self._searches: Coalescer[_Query, list[MemoryHit]] = Coalescer(
+            self._search_pass, max_items=_PASS_ITEMS, fits=_same_shape
+        )
 
     def __repr__(self) -> str:
         return f"ChromaMemory(url={self.url!r}, collection={self.collection_name!r})"
@@ -161,18 +219,7 @@ class ChromaMemory:
         if not note_id:
             msg = "note_id must not be empty"
             raise ValueError(msg)
-        meta = checked_metadata(metadata)
-        embedding = self.embedder.embed_array([text])
-
-        def op(col: Collection) -> None:
-            col.upsert(
-                ids=[note_id],
-                embeddings=embedding,
-                documents=[text],
-                metadatas=[meta] if meta else None,
-            )
-
-        self._call("store", op)
+        self._stores(_Note(note_id, text, checked_metadata(metadata)))
 
     def search(
         self, query: str, k: int = 5, where: Mapping[str, Any] | None = None
@@ -181,29 +228,42 @@ class ChromaMemory:
         metadata (``{"task_id": "t1"}``, or any Chroma ``where`` expression)."""
         if k < 1:
             return []
-        embedding = self.embedder.embed_array([query])
         flt = _where(where)
+        shape = (k, json.dumps(flt, sort_keys=True, default=str))
+        return self._searches(_Query(query, flt, shape))
 
-        def op(col: Collection) -> list[MemoryHit]:
+    # Notes stored and queries asked at the same moment go to Chroma as one upsert and
+    # one query: one at a time, each cost Chroma ~23 ms (upsert) and ~6 ms (query) of
+    # CPU and this process ~4 and ~7 ms, against well under 1 ms each in a batch.
+
+    def _store_pass(self, notes: list[_Note]) -> list[None]:
+        embeddings = self.embedder.embed_array([n.text for n in notes])
+
+        def op(col: Collection) -> None:
+            col.upsert(
+                ids=[n.id for n in notes],
+                embeddings=embeddings,
+                documents=[n.text for n in notes],
+                metadatas=cast("Any", [n.metadata or None for n in notes])
+                if any(n.metadata for n in notes)
+                else None,
+            )
+
+        self._call("store", op)
+        return [None] * len(notes)
+
+    def _search_pass(self, queries: list[_Query]) -> list[list[MemoryHit]]:
+        embeddings = self.embedder.embed_array([q.text for q in queries])
+        k, flt = queries[0].shape[0], queries[0].where
+
+        def op(col: Collection) -> list[list[MemoryHit]]:
             res = col.query(
-                query_embeddings=embedding,
+                query_embeddings=embeddings,
                 n_results=k,
                 where=cast("Any", flt),
                 include=["documents", "metadatas", "distances"],
             )
-            ids = res["ids"][0] if res["ids"] else []
-            docs = (res.get("documents") or [[]])[0]
-            metas = (res.get("metadatas") or [[]])[0]
-            dists = (res.get("distances") or [[]])[0]
-            return [
-                MemoryHit(
-                    id=note_id,
-                    text=docs[i] if i < len(docs) and docs[i] is not None else "",
-                    metadata=_hit_metadata(metas[i] if i < len(metas) else None),
-                    distance=float(dists[i]) if i < len(dists) else None,
-                )
-                for i, note_id in enumerate(ids)
-            ]
+            return [_hits(res, row) for row in range(len(queries))]
 
         return self._call("search", op)
 

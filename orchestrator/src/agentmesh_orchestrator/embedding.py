@@ -37,6 +37,8 @@ import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from agentmesh_orchestrator.coalesce import Coalescer
+
 __all__ = ["EMBEDDING_DIM", "MAX_SEQ_LENGTH", "MiniLMEmbedder", "default_model_dir", "get_embedder"]
 
 F32 = npt.NDArray[np.float32]
@@ -272,8 +274,10 @@ class MiniLMEmbedder:
         self._emb_ln_b = np.ascontiguousarray(w["embeddings.LayerNorm.bias"], dtype=np.float32)
         self._layers = tuple(_Layer(w, i) for i in range(_NUM_LAYERS))
         self._lock = threading.Lock()  # held for each forward pass
-        self._waiting_guard = threading.Lock()
-        self._waiting: list[_Waiting] = []  # single texts not yet embedded
+        # Single texts asked for at the same moment share a forward pass.
+        self._singles: Coalescer[list[int], F32] = Coalescer(
+            self._forward_padded, max_items=batch_size, fits=self._fits_pass
+        )
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed ``texts``; one 384-float unit vector per text, in input order."""
@@ -294,7 +298,7 @@ class MiniLMEmbedder:
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         ids = [e.ids for e in encodings]
         if n == 1:
-            out[0] = self._embed_together(ids[0])
+            out[0] = self._singles(ids[0])
             return out
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
@@ -312,56 +316,21 @@ class MiniLMEmbedder:
             start += size
         return out
 
-    def _embed_together(self, ids: list[int]) -> F32:
-        """One text's vector, computed in one pass with the other single texts waiting."""
-        mine = _Waiting(ids)
-        with self._waiting_guard:
-            self._waiting.append(mine)
-        # Whoever removes a text from the waiting list embeds it before it releases
-        # the pass lock: so once this caller holds the lock its text is either done
-        # or still waiting, and then this caller takes it along with the others.
-        while True:
-            with self._lock:
-                if mine.vector is not None:
-                    return mine.vector
-                if mine.error is not None:
-                    raise mine.error
-                with self._waiting_guard:
-                    batch = self._take_batch()
-                try:
-                    vectors = self._forward_waiting(batch)
-                except BaseException as err:
-                    # Whoever waits on a text of this batch gets the same error.
-                    for w in batch:
-                        w.error = err
-                    raise
-                for row, w in enumerate(batch):
-                    w.vector = vectors[row]
-            if mine.vector is not None:
-                return mine.vector
+    def _forward_padded(self, texts: list[list[int]]) -> list[F32]:
+        """One pass over single texts that were asked for at the same moment."""
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        batch_ids = np.zeros((len(texts), int(lengths.max())), dtype=np.int64)
+        for row, ids in enumerate(texts):
+            batch_ids[row, : lengths[row]] = ids
+        with self._lock:
+            vectors = self._forward(batch_ids, lengths)
+        return list(vectors)
 
-    def _forward_waiting(self, batch: list[_Waiting]) -> F32:
-        lengths = np.fromiter((len(w.ids) for w in batch), dtype=np.int64, count=len(batch))
-        batch_ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
-        for row, w in enumerate(batch):
-            batch_ids[row, : lengths[row]] = w.ids
-        return self._forward(batch_ids, lengths)
-
-    def _take_batch(self) -> list[_Waiting]:
-        """The oldest waiting texts that fit one pass: at most ``batch_size``, and at
-        most ``max_batch_tokens`` once padded to the longest of them."""
-        taken: list[_Waiting] = []
-        longest = 0
-        for w in self._waiting:
-            wider = max(longest, len(w.ids))
-            if taken and (
-                len(taken) >= self.batch_size or wider * (len(taken) + 1) > self.max_batch_tokens
-            ):
-                break
-            taken.append(w)
-            longest = wider
-        del self._waiting[: len(taken)]
-        return taken
+    def _fits_pass(self, taken: list[list[int]], ids: list[int]) -> bool:
+        """Padded to the longest of them, the texts of a pass stay within
+        ``max_batch_tokens``."""
+        longest = max(len(ids), *(len(t) for t in taken))
+        return longest * (len(taken) + 1) <= self.max_batch_tokens
 
     def _forward(self, ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> F32:
         batch, length = ids.shape
@@ -384,15 +353,6 @@ class MiniLMEmbedder:
         norms = np.sqrt(np.einsum("ij,ij->i", summed, summed))[:, None]
         summed /= np.maximum(norms, np.float32(1e-12))
         return cast("F32", summed)
-
-
-class _Waiting:
-    __slots__ = ("error", "ids", "vector")
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-        self.vector: F32 | None = None
-        self.error: BaseException | None = None
 
 
 _default: MiniLMEmbedder | None = None
