@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -152,6 +155,75 @@ def test_the_run_holds_no_descriptor_of_the_sandbox_and_cannot_reach_its_launche
     assert set(kinds.values()) <= {"pipe", "/dev/null"}, kinds
     assert (sig, forged) == ("denied", 0), r.stdout
     assert mem in (1, 13), mem  # EPERM / EACCES
+
+
+# Programs whose every observable start and end the sandbox must reproduce: it runs
+# them in a prepared fork of its interpreter, not in a new ``python -I -B``.
+_AS_THE_INTERPRETER = {
+    "start": (
+        "import os, sys\n"
+        "print(__name__, __file__ == os.path.abspath('prog.py'), __spec__, __cached__,\n"
+        "      type(__loader__).__name__, __builtins__ is __import__('builtins'))\n"
+        "print(sys.argv, sys.orig_argv[1:], sys.dont_write_bytecode, sys.flags.isolated)\n"
+        "print(sys.path)\n"
+        "print(sorted(os.environ), os.environ['PATH'])\n"
+        "print(sorted(int(f) for f in os.listdir('/proc/self/fd')))\n"
+        "print(sys.modules['__main__'] is sys.modules[__name__], open('/proc/self/fd/0') and 1)\n"
+    ),
+    "stdio": (
+        "import sys\n"
+        "data = sys.stdin.read()\n"
+        "for s in (sys.stdin, sys.stdout, sys.stderr):\n"
+        "    print(s.name, s.encoding, s.errors, s.line_buffering, s.fileno(), s.isatty())\n"
+        "print(len(data), repr(data[-3:]), sys.stdin is sys.__stdin__)\n"
+        "sys.stderr.write('to stderr \\udcff\\n')\n"
+    ),
+    "traceback": "def f():\n    raise ValueError('boom')\n\nprint('before')\nf()\n",
+    "syntax": "print('never')\nx = (\n",
+    "exit": "import sys\nprint('out')\nsys.exit(3)\n",
+    "exit-text": "import sys\nsys.exit('leaving')\n",
+    "ending": (
+        "import atexit, threading, time\n"
+        "atexit.register(print, 'atexit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
+        "print('main')\n"
+    ),
+    "interrupt": "raise KeyboardInterrupt\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AS_THE_INTERPRETER))
+def test_a_run_behaves_as_the_interpreter_would(
+    name: str, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    code = _AS_THE_INTERPRETER[name]
+    stdin = "line one\nh\u00e9llo \u2603\n"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "prog.py").write_text(code)
+    env = {
+        "PATH": "/opt/venv/bin:/usr/bin:/bin",
+        "HOME": str(reference),
+        "TMPDIR": str(reference),
+        "LANG": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    real = subprocess.run(
+        [sys.executable, "-I", "-B", "prog.py", "an arg"],
+        cwd=reference,
+        env=env,
+        input=stdin.encode(),
+        capture_output=True,
+        check=False,
+    )
+    ours = sandbox.run_python("prog.py", files={"prog.py": code}, args=["an arg"], stdin=stdin)
+
+    def same(text: str) -> str:  # the run's directory is not the reference's
+        return re.sub(r"/[^\s\"']*/prog\.py", "DIR/prog.py", text)
+
+    assert ours.exit_code == real.returncode, ours.stderr
+    assert same(ours.stdout) == same(real.stdout.decode())
+    assert same(ours.stderr) == same(real.stderr.decode(errors="replace"))
 
 
 def test_a_dead_launcher_is_replaced_and_the_next_run_works(

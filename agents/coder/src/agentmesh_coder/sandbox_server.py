@@ -243,7 +243,6 @@ class SandboxRunner:
         cfg: dict[str, Any] = {
             "workdir": str(workdir),
             "argv": [request.script, *request.args],
-            "python": sys.executable,
             "rlimits": self.rlimits(),
             "max_procs": s.sandbox_max_procs,
             "wall_s": s.sandbox_wall_s,

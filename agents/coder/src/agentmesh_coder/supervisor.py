@@ -6,9 +6,11 @@ single-threaded process that holds nothing of any run and does one thing, fork. 
 each run the server passes it one end of a fresh socket pair (``SCM_RIGHTS`` over the
 control socket FD); the launcher forks, and the child is that run's supervisor: it
 reads the run's configuration and stdin from its socket, supervises the program and
-writes one JSON line with the outcome back. A run so costs a fork instead of an
-interpreter's start, and the server, which is threaded and holds other runs'
-requests, is never forked. ``python -I -S supervisor.py CONFIG`` (stdin on stdin,
+writes one JSON line with the outcome back. The supervisor forks again for the
+program, which runs in that fork of this interpreter, prepared to be what
+``python -I -B SCRIPT`` would be (``_prepare_interpreter``): a run so costs two forks
+instead of two interpreters' starts, and the server, which is threaded and holds
+other runs' requests, is never forked. ``python -I -S supervisor.py CONFIG`` (stdin on stdin,
 the outcome on stdout) runs one run without a launcher.
 
 Isolation, without capabilities:
@@ -31,20 +33,26 @@ Isolation, without capabilities:
 
 from __future__ import annotations
 
+import atexit
+import builtins
 import contextlib
 import ctypes
 import errno
+import importlib.machinery
+import io
 import json
 import os
 import platform
 import resource
 import selectors
 import signal
+import site
 import socket
 import struct
 import sys
 import threading
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,7 +206,7 @@ def tasks_of_uid(uid: int) -> int:
 
 
 def _child(cfg: dict[str, Any], abi: int, fds: tuple[int, int, int]) -> None:
-    """In the forked child: limits, the run's domain, then exec. Never returns."""
+    """In the forked child: limits, the run's domain, then the program. Never returns."""
     try:
         for fd, target in zip(fds, (0, 1, 2), strict=True):
             os.dup2(fd, target)
@@ -210,12 +218,102 @@ def _child(cfg: dict[str, Any], abi: int, fds: tuple[int, int, int]) -> None:
             abi, read_paths=cfg["read_paths"], write_paths=[cfg["workdir"]], filesystem=True
         )
         socket_filter()
-        os.execve(  # noqa: S606 - the sandbox's interpreter, no shell
-            cfg["python"], [cfg["python"], "-I", "-B", *cfg["argv"]], cfg["env"]
-        )
+        # Dumpable again, as an exec'd program would be (the launcher's setting is
+        # inherited): without it the program's own /proc/self entries are root's.
+        # Only its own domain, nested in this one, could trace it.
+        _prctl(_PR_SET_DUMPABLE, 1)
+        _prepare_interpreter(cfg)
     except BaseException as err:  # noqa: BLE001 - report anything, then leave at once
         os.write(2, f"sandbox: could not start the program: {err}\n".encode())
-    os._exit(127)
+        os._exit(127)
+    os._exit(_run_program(cfg["argv"]))
+
+
+def _prepare_interpreter(cfg: dict[str, Any]) -> None:
+    """Make this forked interpreter what ``python -I -B SCRIPT ARGS`` would be at the
+    moment it runs SCRIPT, so the program need not start an interpreter of its own
+    (that start was most of a run's CPU): only its stdio on 0-2, the run's
+    environment and argv, no bytecode writing, and no descriptor of the supervisor."""
+    # Every descriptor but stdio: the run's socket (it could forge its outcome), the
+    # pipes' other ends, the selector. close_range(2) where the kernel has it.
+    os.closerange(3, 1 << 20)
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    sys.dont_write_bytecode = True
+    sys.argv = list(cfg["argv"])
+    sys.orig_argv = [sys.executable, "-I", "-B", *cfg["argv"]]
+    # The streams an interpreter makes for a pipe in a UTF-8 locale.
+    streams = []
+    for fd, name, mode, errors in (
+        (0, "<stdin>", "rb", "surrogateescape"),
+        (1, "<stdout>", "wb", "surrogateescape"),
+        (2, "<stderr>", "wb", "backslashreplace"),
+    ):
+        raw = io.FileIO(fd, mode, closefd=False)
+        raw.name = name
+        buffered: io.BufferedReader | io.BufferedWriter = (
+            io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        )
+        streams.append(
+            io.TextIOWrapper(buffered, encoding="utf-8", errors=errors, line_buffering=fd == 2)
+        )
+    sys.stdin, sys.stdout, sys.stderr = streams
+    for name, stream in zip(("__stdin__", "__stdout__", "__stderr__"), streams, strict=True):
+        setattr(sys, name, stream)
+    # Nothing of the supervisor's is left to run at the program's exit.
+    atexit._clear()
+
+
+def _run_program(argv: Sequence[str]) -> int:
+    """Run ``argv[0]`` as ``__main__`` and end as the interpreter would; the exit code."""
+    path = str(Path(argv[0]).absolute())
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None  # type: ignore[attr-defined]
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main
+    code = 0
+    interrupted = False
+    try:
+        compiled = compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
+        exec(compiled, main.__dict__)  # noqa: S102 - running the program is the point
+    except SystemExit as stop:
+        code = _exit_status(stop)
+    except BaseException as err:  # noqa: BLE001 - reported as the interpreter would
+        # The traceback starts at the program's own frame (or at none, for a
+        # SyntaxError), as it would under ``python SCRIPT``.
+        tb = err.__traceback__.tb_next if err.__traceback__ is not None else None
+        err.with_traceback(None if isinstance(err, SyntaxError) else tb)
+        sys.excepthook(type(err), err, err.__traceback__)
+        interrupted = isinstance(err, KeyboardInterrupt)
+        code = 1
+    # The interpreter's own ending: non-daemon threads, atexit, then the streams.
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            code = 120
+    if interrupted:
+        # As CPython does: die of SIGINT, so the parent sees the signal.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _exit_status(stop: SystemExit) -> int:
+    """What the interpreter exits with for an uncaught ``SystemExit``."""
+    value = stop.code
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{value}\n")
+    return 1
 
 
 def _kill_run() -> None:
@@ -372,8 +470,8 @@ def launcher(control_fd: int) -> None:
     """Fork one supervisor per file descriptor received on ``control_fd``; return when
     the server closes its end (the server's exit closes it too)."""
     # Nothing of the same uid may read this process's memory through /proc. The
-    # supervisors forked from it inherit that: they never exec (only the program
-    # does, in its own nested Landlock domain, and it starts dumpable as before).
+    # supervisors forked from it inherit that; only a program's process, in its own
+    # nested Landlock domain, is made dumpable again (``_child``).
     _prctl(_PR_SET_DUMPABLE, 0)
     control = socket.socket(fileno=control_fd)
     control.set_inheritable(False)
@@ -386,8 +484,9 @@ def launcher(control_fd: int) -> None:
         except OSError:
             return
         # Close-on-exec before anything forks: the program must never hold the socket
-        # its supervisor answers on (it could forge the outcome). recv_fds ignores
-        # MSG_CMSG_CLOEXEC in Python 3.11, so it is set here.
+        # its supervisor answers on (it could forge the outcome). Its process closes
+        # every descriptor but 0-2 as well; this keeps the socket from any process a
+        # supervisor may exec. recv_fds ignores MSG_CMSG_CLOEXEC in Python 3.11.
         for fd in fds:
             os.set_inheritable(fd, False)
         if not msg:
@@ -420,6 +519,10 @@ def launcher(control_fd: int) -> None:
 
 
 def main() -> None:
+    # This interpreter runs under ``-S``: every module this file uses is imported
+    # above, from the standard library alone. site-packages join the path now, for
+    # the programs, which run as under ``python -I``.
+    site.main()
     if len(sys.argv) == 3 and sys.argv[1] == "--launcher":
         launcher(int(sys.argv[2]))
         return
