@@ -226,6 +226,25 @@ def test_a_run_behaves_as_the_interpreter_would(
     assert same(ours.stderr) == same(real.stderr.decode(errors="replace"))
 
 
+def test_runs_share_nothing_through_the_launchers_preloaded_modules(sandbox: Sandbox) -> None:
+    """The launcher holds the common modules loaded (PRELOADED); each run still starts
+    from them untouched, and random draws differ from run to run."""
+    program = (
+        "import hashlib, random, sys\n"
+        "print(getattr(hashlib, 'left_by_a_run', 'clean'), random.random())\n"
+        "hashlib.left_by_a_run = 'dirty'\n"
+        "random.seed(42)\n"
+        "print(sorted(set(sys.modules) & {'hashlib', 'statistics'}))\n"
+    )
+    first, second = run(sandbox, program), run(sandbox, program)
+    assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
+    marker_1, draw_1 = first.stdout.splitlines()[0].split()
+    marker_2, draw_2 = second.stdout.splitlines()[0].split()
+    assert marker_1 == marker_2 == "clean"
+    assert draw_1 != draw_2
+    assert first.stdout.splitlines()[1] == "['hashlib', 'statistics']"
+
+
 def test_a_dead_launcher_is_replaced_and_the_next_run_works(
     sandbox: Sandbox, server: SandboxServer
 ) -> None:
