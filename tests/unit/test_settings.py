@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,16 @@ def test_an_entry_point_exits_2_naming_the_bad_variable(
     assert err.startswith("researcher-worker: ")
     assert "AGENTMESH_MAX_STEPS" in err
     assert "Traceback" not in err
+
+
+def test_an_entry_point_sets_the_gil_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = sys.getswitchinterval()
+    try:
+        monkeypatch.setenv("AGENTMESH_GIL_SWITCH_INTERVAL_MS", "2")
+        settings_or_exit("coder-worker")
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        monkeypatch.setenv("AGENTMESH_GIL_SWITCH_INTERVAL_MS", "0")
+        with pytest.raises(SystemExit):
+            settings_or_exit("coder-worker")
+    finally:
+        sys.setswitchinterval(before)

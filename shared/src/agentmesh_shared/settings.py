@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: PositiveFloat = 5.0
     # A loop with no model call or tool call starting or ending for this long is stalled.
     stall_timeout_s: PositiveFloat = 300.0
+    # How long one thread may hold the GIL while others wait (CPython's default is 5
+    # ms). Every service runs many I/O-bound threads (agent loops, planning steps,
+    # request handlers) that hold the GIL for moments between round trips; with 5 ms,
+    # a thread whose reply has arrived queues behind any CPU-bound one for up to that
+    # long at each round trip. docs/measurements.md has the A/B that chose 0.5 ms.
+    gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 0.5
 
     # --- researcher -----------------------------------------------------------------
     fetch_allowlist: str = ""  # comma-separated host globs; empty means no fetching
@@ -286,12 +292,16 @@ def load_settings(**overrides: object) -> Settings:
 
 def settings_or_exit(program: str) -> Settings:
     """:func:`load_settings` for an entry point: a bad setting ends the program with
-    exit status 2 and one line on stderr naming the variable, not a traceback."""
+    exit status 2 and one line on stderr naming the variable, not a traceback. It
+    also sets the interpreter's GIL switch interval (``gil_switch_interval_ms``)."""
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as err:
         print(f"{program}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    # The process's own tuning, set once by its entry point.
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    return settings
 
 
 @lru_cache(maxsize=1)
