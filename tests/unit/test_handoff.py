@@ -35,21 +35,27 @@ def _result(subtask_id: str, worker: str, output: str) -> SubtaskResult:
     )
 
 
-def test_a_start_is_seen_with_its_lease_and_wakes_the_task(r: redis.Redis) -> None:
+def test_a_start_is_seen_with_its_lease_and_wakes_nobody(r: redis.Redis) -> None:
     handoff = Handoff(r)
-    r.zadd(keys.PLAN_DUE, {"t1": time.time() + 60})
-    handoff.mark_started("t1", "t1-a", "researcher-1", lease_ttl_s=5)
+    later = time.time() + 60
+    r.zadd(keys.PLAN_DUE, {"t1": later})
+    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=5)
     view = handoff.snapshot(["t1-a"])["t1-a"]
     assert view.result is None and view.leased
     assert view.started is not None and view.started.worker == "researcher-1"
-    assert float(r.zscore(keys.PLAN_DUE, "t1") or 0) <= time.time()  # woken: due now
-    assert r.llen(keys.PLAN_DOORBELL) == 1
+    # No planning step for a start: the task stays due when it was, nobody is rung.
+    assert r.zscore(keys.PLAN_DUE, "t1") == pytest.approx(later)
+    assert r.llen(keys.PLAN_DOORBELL) == 0
     assert 0 < r.ttl(started_key("t1-a")) <= RESULT_TTL_S
+    # What a reader shows before the planner's next look records it.
+    starts = handoff.starts(["t1-a", "t1-b"])
+    assert list(starts) == ["t1-a"] and starts["t1-a"].worker == "researcher-1"
+    assert handoff.starts([]) == {}
 
 
 def test_the_first_result_wins_and_ends_the_lease(r: redis.Redis) -> None:
     handoff = Handoff(r)
-    handoff.mark_started("t1", "t1-a", "researcher-1", lease_ttl_s=5)
+    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=5)
     assert handoff.publish(_result("t1-a", "researcher-1", "first"))
     assert not handoff.publish(_result("t1-a", "researcher-2", "second"))
     view = handoff.snapshot(["t1-a"])["t1-a"]
@@ -60,7 +66,7 @@ def test_the_first_result_wins_and_ends_the_lease(r: redis.Redis) -> None:
 
 def test_a_lapsed_lease_shows_and_a_resend_forgets_the_start(r: redis.Redis) -> None:
     handoff = Handoff(r)
-    handoff.mark_started("t1", "t1-a", "researcher-1", lease_ttl_s=0.2)
+    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=0.2)
     handoff.renew(["t1-a"], "researcher-1", lease_ttl_s=0.2)
     time.sleep(0.4)  # the worker is gone: nobody renews
     view = handoff.snapshot(["t1-a"])["t1-a"]

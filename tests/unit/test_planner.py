@@ -15,6 +15,7 @@ from pathlib import Path
 import anthropic
 import pytest
 import redis
+from agentmesh_orchestrator.api import with_live_starts
 from agentmesh_orchestrator.planner import Planner
 from agentmesh_orchestrator.schedule import Claim
 from agentmesh_orchestrator.store import TaskStore
@@ -133,7 +134,7 @@ def test_results_continue_the_task_to_its_synthesis(planner: Planner, r: redis.R
     assert record is not None
     handoff = Handoff(r)
     researcher, coder = record.subtasks
-    handoff.mark_started(task_id, researcher.id, "researcher-1", lease_ttl_s=30)
+    handoff.mark_started(researcher.id, "researcher-1", lease_ttl_s=30)
     _step(planner, task_id)
     record = planner.store.get(task_id)
     assert record is not None and record.subtasks[0].status is TaskStatus.RUNNING
@@ -159,7 +160,7 @@ def test_a_subtask_whose_worker_stopped_renewing_is_sent_again(
     record = planner.store.get(task_id)
     assert record is not None
     researcher = record.subtasks[0]
-    Handoff(r).mark_started(task_id, researcher.id, "researcher-1", lease_ttl_s=0.2)
+    Handoff(r).mark_started(researcher.id, "researcher-1", lease_ttl_s=0.2)
     time.sleep(0.4)  # the worker died: its lease lapsed without a result
     _step(planner, task_id)
     assert _queued(r, "research") == 2
@@ -210,3 +211,22 @@ def test_a_step_of_a_replica_that_lost_its_lease_sends_nothing(
     assert _queued(r, "research") == 0 and _queued(r, "code") == 0
     record = planner.store.get(task_id)
     assert record is not None and record.subtasks == []
+
+
+def test_a_start_shows_to_readers_at_once_and_costs_no_planning_step(
+    planner: Planner, r: redis.Redis
+) -> None:
+    task_id = _submit(planner)
+    _step(planner, task_id)
+    due_before = r.zscore(keys.PLAN_DUE, task_id)
+    record = planner.store.get(task_id)
+    assert record is not None
+    researcher, coder = record.subtasks
+    Handoff(r).mark_started(researcher.id, "researcher-7", lease_ttl_s=30)
+    assert r.zscore(keys.PLAN_DUE, task_id) == due_before  # no step was queued for it
+    stored = planner.store.get(task_id)
+    assert stored is not None and stored.subtasks[0].status is TaskStatus.QUEUED
+    (shown,) = with_live_starts(Handoff(r), [stored])
+    assert shown.subtasks[0].status is TaskStatus.RUNNING
+    assert shown.subtasks[0].worker == "researcher-7" and shown.subtasks[0].started_at
+    assert shown.subtasks[1].status is TaskStatus.QUEUED and shown.subtasks[1].id == coder.id

@@ -122,7 +122,7 @@ def _validated(
 def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
     started = time.time()
     r = runtime.redis
-    runtime.handoff.mark_started(msg.task_id, msg.subtask_id, runtime.hostname, runtime.lease_ttl_s)
+    runtime.handoff.mark_started(msg.subtask_id, runtime.hostname, runtime.lease_ttl_s)
     events.publish(
         r,
         msg.task_id,

@@ -2,11 +2,14 @@
 
 A worker marks a subtask started, renews a lease on it while its loop runs, and
 publishes its result (first result wins, so a subtask that ran twice is reported
-once). Each of these wakes the task's planner: the task is put back on the planning
+once). A result wakes the task's planner: the task is put back on the planning
 schedule (:data:`keys.PLAN_DUE`), so the step that waits for this result runs on
-whichever planner replica claims it. The planner reads the state of all of a
-step's subtasks in one round trip (:meth:`Handoff.snapshot`) and forgets a start
-when it sends a subtask again after its lease lapsed.
+whichever planner replica claims it. A start wakes nobody: nothing in the task
+moves until a result, and a planning step per start was as many steps again as
+the task needs (the planner sees the start at its next look, a reader at once:
+:meth:`Handoff.starts`). The planner reads the state of all of a step's subtasks in
+one round trip (:meth:`Handoff.snapshot`) and forgets a start when it sends a
+subtask again after its lease lapsed.
 
 Key names and the time results are kept live here and nowhere else.
 """
@@ -60,6 +63,13 @@ class SubtaskView:
     leased: bool
 
 
+def _started(raw: object) -> Started | None:
+    if raw is None:
+        return None
+    data = json.loads(cast("str", raw))
+    return Started(worker=str(data["worker"]), at=float(data["at"]))
+
+
 def wake_task(pipe: redis.client.Pipeline, task_id: str, at: float | None = None) -> None:
     """Queue a planning step of ``task_id`` (never later than already planned) and ring."""
     pipe.zadd(keys.PLAN_DUE, {task_id: time.time() if at is None else at}, lt=True)
@@ -72,7 +82,7 @@ class Handoff:
     redis: redis.Redis
 
     # -- the worker's side ------------------------------------------------------------
-    def mark_started(self, task_id: str, subtask_id: str, worker: str, lease_ttl_s: float) -> None:
+    def mark_started(self, subtask_id: str, worker: str, lease_ttl_s: float) -> None:
         pipe = self.redis.pipeline()
         pipe.set(
             started_key(subtask_id),
@@ -80,8 +90,6 @@ class Handoff:
             ex=RESULT_TTL_S,
         )
         pipe.set(lease_key(subtask_id), worker, px=int(lease_ttl_s * 1000))
-        # The planner records the subtask as running on its next look.
-        wake_task(pipe, task_id)
         pipe.execute()
 
     def renew(self, subtask_ids: Iterable[str], worker: str, lease_ttl_s: float) -> None:
@@ -119,16 +127,21 @@ class Handoff:
         views: dict[str, SubtaskView] = {}
         for i, subtask_id in enumerate(subtask_ids):
             result_raw, started_raw, leased = raw[3 * i : 3 * i + 3]
-            started = None
-            if started_raw is not None:
-                data = json.loads(cast("str", started_raw))
-                started = Started(worker=str(data["worker"]), at=float(data["at"]))
             views[subtask_id] = SubtaskView(
                 result=SubtaskResult.model_validate_json(result_raw) if result_raw else None,
-                started=started,
+                started=_started(started_raw),
                 leased=bool(leased),
             )
         return views
+
+    def starts(self, subtask_ids: Sequence[str]) -> dict[str, Started]:
+        """The starts workers recorded for these subtasks, in one round trip (what a
+        reader shows as running before the planner's next look records it)."""
+        if not subtask_ids:
+            return {}
+        raws = cast("list[str | None]", self.redis.mget([started_key(s) for s in subtask_ids]))
+        found = {s: _started(raw) for s, raw in zip(subtask_ids, raws, strict=True)}
+        return {s: started for s, started in found.items() if started is not None}
 
     def forget_start(self, subtask_id: str) -> None:
         """Before a resend: the next start belongs to the new delivery."""
