@@ -47,9 +47,11 @@ class TokenBudget:
     def open(self, task_id: str, limit: int, ttl_s: int) -> None:
         """Create the budget if it does not exist yet (a resumed task keeps its spend)."""
         key = keys.budget(task_id)
-        self._redis.hsetnx(key, "limit", limit)
-        self._redis.hsetnx(key, "used", 0)
-        self._redis.expire(key, ttl_s)
+        pipe = self._redis.pipeline()
+        pipe.hsetnx(key, "limit", limit)
+        pipe.hsetnx(key, "used", 0)
+        pipe.expire(key, ttl_s)
+        pipe.execute()
 
     def ensure_available(self, task_id: str) -> int:
         """Raise if the task's budget is spent; return the tokens left."""
