@@ -30,7 +30,25 @@ def effective_concurrency(result: dict[str, Any]) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(ns, ns, "--", color="grey", label="ideal (= N)")
     left.plot(ns, [0.8 * n for n in ns], ":", color="grey", label="goal 0.8 N")
-    left.plot(ns, [r["effective_concurrency"] for r in rows], "o-", label="measured")
+    measured = [r["effective_concurrency"] for r in rows]
+    spread = [
+        [
+            m - n * r.get("ratio_range", [0, 0])[0]
+            for m, n, r in zip(measured, ns, rows, strict=True)
+        ],
+        [
+            n * r.get("ratio_range", [0, 0])[1] - m
+            for m, n, r in zip(measured, ns, rows, strict=True)
+        ],
+    ]
+    left.errorbar(
+        ns,
+        measured,
+        yerr=[[max(0.0, v) for v in side] for side in spread],
+        fmt="o-",
+        capsize=4,
+        label="measured (median batch; bars: lowest to highest)",
+    )
     left.set(
         xscale="log",
         yscale="log",
@@ -38,7 +56,7 @@ def effective_concurrency(result: dict[str, Any]) -> Path:
         ylabel="N x one task / wall time",
         title=f"Effective concurrency, model calls {result['delay_ms']} ms",
     )
-    left.legend()
+    left.legend(loc="lower right")
     right.bar([str(n) for n in ns], [r["tasks_per_cpu_s"] or 0 for r in rows])
     right.set(
         xlabel="N",

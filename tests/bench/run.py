@@ -249,6 +249,9 @@ def main() -> None:
     parser.add_argument("--sandbox-runs", type=int, default=50)
     parser.add_argument("--tracing-pairs", type=int, default=300)
     parser.add_argument("--batch-sizes", default="10,100,1000")
+    parser.add_argument(
+        "--batch-repeats", type=int, default=5, help="batches per N <= 100 (median reported)"
+    )
     parser.add_argument("--scaling-tasks", type=int, default=240)
     parser.add_argument("--scaling-threads", type=int, default=8)
     parser.add_argument("--model-calls", type=int, default=200)
@@ -288,7 +291,7 @@ def main() -> None:
             (root / "effective").mkdir()
             ns = [int(n) for n in args.batch_sizes.split(",")]
             results["effective_concurrency"] = planning.bench_effective_concurrency(
-                root / "effective", ns, args.delay_ms
+                root / "effective", ns, args.delay_ms, repeats=args.batch_repeats
             )
             plots.effective_concurrency(results["effective_concurrency"])
         if "scaling" in wanted:
