@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from agentmesh_orchestrator.store import AdmissionRefusedError, TaskStore
-from agentmesh_shared import keys
+from agentmesh_shared import events, keys
 from agentmesh_shared.models import TaskLimits, TaskRecord, TaskStatus, new_id
 
 from tests.support.redis_server import redis_server
@@ -38,6 +38,11 @@ def test_admission_stops_at_the_limit_and_stores_nothing_past_it(r: redis.Redis)
         store.create(refused, idempotency="k1", limit=2)
     assert err.value.active == 2 and err.value.limit == 2
     assert store.get(refused.id) is None and not r.exists(f"{keys.PREFIX}:idempotency:k1")
+    # An admitted task's "accepted" event and the planners' doorbell come with it, in
+    # the same step; a refused one leaves neither.
+    assert [e.kind for e in events.read(r, first.id)] == ["task.queued"]
+    assert not r.exists(keys.task_events(refused.id))
+    assert r.llen(keys.PLAN_DOORBELL) == 2
     store.update(first.id, lambda rec: setattr(rec, "status", TaskStatus.SUCCEEDED))
     assert store.create(_record(), limit=2).id  # a finished task frees its place
 

@@ -181,8 +181,6 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
                 ) from None
             if stored.id == record.id:
                 metrics.tasks().add(1, {"status": "accepted"})
-                events.publish(services.redis, record.id, "task.queued", "task accepted")
-                handoff.wake(record.id)
         return stored
 
     @app.get("/tasks", response_model=list[TaskRecord])

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis
-from agentmesh_shared import handoff, keys
+from agentmesh_shared import events, handoff, keys
 from agentmesh_shared.models import TaskRecord, TaskStatus
 
 ACTIVE = keys.ACTIVE_TASKS
 
-# KEYS: active, record, index, due; ARGV: id, record json, created_at, limit.
+# KEYS: active, record, index, due, events, doorbell; ARGV: id, record json, created_at,
+# limit, the "accepted" event, events kept, doorbell length. The task, its first event
+# and the planners' doorbell in one step: one round trip for the API's busiest call.
 # Returns -1 when admitted, else the number of unfinished tasks.
 _ADMIT = """
 local active = redis.call('SCARD', KEYS[1])
@@ -28,6 +30,9 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[1])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[5])
+redis.call('LPUSH', KEYS[6], '1')
+redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[7]) - 1)
 return -1
 """
 
@@ -63,7 +68,8 @@ class TaskStore:
     def create(
         self, record: TaskRecord, idempotency: str | None = None, *, limit: int
     ) -> TaskRecord:
-        """Store a new record and schedule its first planning step.
+        """Store a new record, record its "task.queued" event and schedule its first
+        planning step (ringing the planners' doorbell), atomically.
 
         With an idempotency key, return the task it already names. Past ``limit``
         unfinished tasks, raise :class:`AdmissionRefusedError` and store nothing.
@@ -81,8 +87,23 @@ class TaskStore:
             cast(
                 "int",
                 self._admit(
-                    keys=[ACTIVE, keys.task(record.id), keys.TASK_INDEX, keys.PLAN_DUE],
-                    args=[record.id, record.model_dump_json(), record.created_at, limit],
+                    keys=[
+                        ACTIVE,
+                        keys.task(record.id),
+                        keys.TASK_INDEX,
+                        keys.PLAN_DUE,
+                        keys.task_events(record.id),
+                        keys.PLAN_DOORBELL,
+                    ],
+                    args=[
+                        record.id,
+                        record.model_dump_json(),
+                        record.created_at,
+                        limit,
+                        events.encode(record.id, "task.queued", "task accepted"),
+                        events.MAX_EVENTS,
+                        handoff.DOORBELL_MAX,
+                    ],
                 ),
             )
         )

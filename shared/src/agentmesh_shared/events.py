@@ -15,12 +15,19 @@ MAX_EVENTS = 2000
 
 
 def publish(client: redis.Redis, task_id: str, kind: str, message: str, **data: Any) -> None:
-    event = TaskEvent(task_id=task_id, kind=kind, message=message, data=data)
     client.xadd(
         keys.task_events(task_id),
-        {"event": event.model_dump_json(exclude={"id"})},
+        {"event": encode(task_id, kind, message, **data)},
         maxlen=MAX_EVENTS,
         approximate=True,
+    )
+
+
+def encode(task_id: str, kind: str, message: str, **data: Any) -> str:
+    """The stream entry's ``event`` field; for a script that appends it itself (with
+    ``XADD <stream> MAXLEN ~ MAX_EVENTS * event <this>``)."""
+    return TaskEvent(task_id=task_id, kind=kind, message=message, data=data).model_dump_json(
+        exclude={"id"}
     )
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import redis
 
 RESULT_TTL_S = keys.RETENTION_S
-_DOORBELL_MAX = 64
+DOORBELL_MAX = 64
 
 
 def result_key(subtask_id: str) -> str:
@@ -74,7 +74,7 @@ def wake_task(pipe: redis.client.Pipeline, task_id: str, at: float | None = None
     """Queue a planning step of ``task_id`` (never later than already planned) and ring."""
     pipe.zadd(keys.PLAN_DUE, {task_id: time.time() if at is None else at}, lt=True)
     pipe.lpush(keys.PLAN_DOORBELL, "1")
-    pipe.ltrim(keys.PLAN_DOORBELL, 0, _DOORBELL_MAX - 1)
+    pipe.ltrim(keys.PLAN_DOORBELL, 0, DOORBELL_MAX - 1)
 
 
 @dataclass
