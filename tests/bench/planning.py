@@ -170,9 +170,10 @@ def bench_effective_concurrency(
                 alone = [run_task(mesh.api, f"alone {n} {rep} {i}") for i in range(3)]
                 alone_all.extend(alone)
                 batch = run_batch(mesh, n, f"batch of {n} ({rep + 1})")
+                ratio = statistics.median(alone) / batch["wall_s"]
                 batch["one_task_s"] = round(statistics.median(alone), 2)
-                batch["ratio_to_n"] = round(batch["one_task_s"] / batch["wall_s"], 3)
-                batch["effective_concurrency"] = round(n * batch["ratio_to_n"], 1)
+                batch["ratio_to_n"] = round(ratio, 3)
+                batch["effective_concurrency"] = round(n * ratio, 1)
                 samples.append(batch)
                 print(f"effective concurrency: {json.dumps(batch)}", file=sys.stderr, flush=True)
             ratios = [b["ratio_to_n"] for b in samples]

@@ -258,6 +258,8 @@ def main() -> None:
     parser.add_argument("--dashboard-requests", type=int, default=50)
     parser.add_argument("--mcp-calls", type=int, default=300)
     args = parser.parse_args()
+    if args.batch_repeats < 1:
+        parser.error("--batch-repeats must be at least 1")
     wanted = set(args.figures.split(","))
     unknown = wanted - set(FIGURES)
     if unknown:
