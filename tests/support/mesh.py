@@ -123,6 +123,8 @@ class LocalMesh:
     traces_file: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
     orchestrator_env: dict[str, str] = field(default_factory=dict)
+    # Settings every process of this mesh gets, over its own (tests/bench/ab.py's sides).
+    every_env: dict[str, str] = field(default_factory=dict)
     api_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # More API credentials the orchestrator accepts (one per line of its token secret).
     extra_api_tokens: list[str] = field(default_factory=list)
@@ -195,6 +197,7 @@ class LocalMesh:
                 }
             )
         env.update(extra)
+        env.update(self.every_env)
         return env
 
     def redis(self) -> redis.Redis:
@@ -438,6 +441,7 @@ def local_mesh(
     tracing: bool = True,
     orchestrator_env: dict[str, str] | None = None,
     extra_api_tokens: list[str] | None = None,
+    every_env: dict[str, str] | None = None,
 ) -> Iterator[LocalMesh]:
     """The mesh as processes; with ``tracing``, every process exports to a real collector."""
     mesh = LocalMesh(
@@ -445,6 +449,7 @@ def local_mesh(
         llm_delay_ms=llm_delay_ms,
         orchestrator_env=dict(orchestrator_env or {}),
         extra_api_tokens=list(extra_api_tokens or []),
+        every_env=dict(every_env or {}),
     )
     with ExitStack() as stack:
         stack.callback(mesh.stop)

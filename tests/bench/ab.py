@@ -1,0 +1,98 @@
+"""Compare two settings of the mesh at N tasks at once, side by side.
+
+This machine's own speed drifts by tens of percent within an hour, so two N = 100
+figures taken at different times say little about a change. This runs two local
+meshes at once (the effective-concurrency set-up: 2 researchers, 2 coders, the API
+and one planner, 1 s model calls) and sends batches to them alternately (A, B, B, A,
+...), so a drift hits both sides alike; it prints each batch and the medians.
+
+    python -m tests.bench.ab --reps 4 --a AGENTMESH_GIL_SWITCH_INTERVAL_MS=0.1 --b ""
+
+``--a``/``--b`` are comma-separated ``NAME=value`` environment settings given to every
+process of that side's mesh. To compare two versions of the code, point one side's
+``PYTHONPATH`` at a worktree's source folders, e.g.
+``--b PYTHONPATH=/tmp/base/shared/src:/tmp/base/orchestrator/src:...`` after
+``git worktree add /tmp/base <commit>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from tests.bench.planning import PATIENT, run_batch, run_task
+from tests.support.mesh import LocalMesh, local_mesh
+
+
+def _settings(spec: str) -> dict[str, str]:
+    pairs = [item for item in spec.split(",") if item]
+    bad = [item for item in pairs if "=" not in item]
+    if bad:
+        msg = f"expected NAME=value, got {bad}"
+        raise argparse.ArgumentTypeError(msg)
+    return dict(item.split("=", 1) for item in pairs)
+
+
+def _start(stack: ExitStack, root: Path, side_env: dict[str, str], n: int) -> LocalMesh:
+    root.mkdir()
+    mesh = stack.enter_context(
+        local_mesh(
+            root, researchers=0, coders=0, llm_delay_ms=1000, tracing=False, every_env=side_env
+        )
+    )
+    mesh.procs.pop("orchestrator").stop()
+    mesh.start_orchestrator(**PATIENT)
+    loops = str(max(32, n // 2 + 8))
+    for _ in range(2):
+        mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+        mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+    mesh.start_planner("planner-1", AGENTMESH_PLANNER_CONCURRENCY="128", **PATIENT)
+    run_task(mesh.api, "warm-up")
+    return mesh
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--a", type=_settings, default={}, help="NAME=value,... of side A")
+    parser.add_argument("--b", type=_settings, default={}, help="NAME=value,... of side B")
+    parser.add_argument("--reps", type=int, default=4, help="batches per side")
+    parser.add_argument("--tasks", type=int, default=100, help="tasks per batch (N)")
+    args = parser.parse_args()
+    if args.reps < 1 or args.tasks < 1:
+        parser.error("--reps and --tasks must be at least 1")
+    sides = {"A": args.a, "B": args.b}
+    ratios: dict[str, list[float]] = {"A": [], "B": []}
+    cpu: dict[str, list[float]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="agentmesh-ab-") as tmp, ExitStack() as stack:
+        meshes = {
+            name: _start(stack, Path(tmp) / name, env, args.tasks) for name, env in sides.items()
+        }
+        for rep in range(args.reps):
+            for name in ("A", "B") if rep % 2 == 0 else ("B", "A"):
+                mesh = meshes[name]
+                alone = statistics.median(run_task(mesh.api, f"alone {rep} {i}") for i in range(3))
+                batch = run_batch(mesh, args.tasks, f"{name} {rep}")
+                ratio = alone / batch["wall_s"]
+                ratios[name].append(ratio)
+                cpu[name].append(sum(batch["cpu_ms_per_task"].values()))
+                print(
+                    f"{name} batch {rep + 1}: {batch['wall_s']} s, one task alone {alone:.2f} s, "
+                    f"ratio {ratio:.3f}, {cpu[name][-1]:.0f} ms of CPU a task, "
+                    f"{batch['statuses']}",
+                    flush=True,
+                )
+                time.sleep(2)
+    for name, env in sides.items():
+        print(
+            f"{name} {env or '(as is)'}: median ratio {statistics.median(ratios[name]):.3f} "
+            f"(lowest {min(ratios[name]):.3f}, highest {max(ratios[name]):.3f}), "
+            f"median {statistics.median(cpu[name]):.0f} ms of CPU a task"
+        )
+
+
+if __name__ == "__main__":
+    main()
