@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -403,3 +404,21 @@ def test_one_blas_thread_unless_configured(configured: str | None, expected: str
     assert out[0] == expected
     if configured is None:
         assert int(out[1]) == 0, "numpy started BLAS threads"
+
+
+def test_onnx_runtime_telemetry_is_off_whatever_the_environment() -> None:
+    # ONNX Runtime's Linux telemetry persists a device id and uploads events unless
+    # ORT_DISABLE_TELEMETRY=1 is set before it initialises; run with a home it could
+    # write to and the variable set the other way.
+    script = (
+        "import os, agentmesh_orchestrator.embedding as e; "
+        "e.MiniLMEmbedder().embed(['x']); print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    )
+    home = Path(tempfile.mkdtemp())
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "0", "HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["1"]
+    assert "telemetry" not in result.stderr.lower(), result.stderr
+    assert not any(home.rglob("*")), list(home.rglob("*"))  # no device id persisted

@@ -32,6 +32,10 @@ import os
 # instead of 9 ms. One BLAS thread per call is the default, set before numpy loads
 # (an explicit OPENBLAS_NUM_THREADS wins).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# ONNX Runtime's Linux wheels (1.29 on) upload usage events to a vendor collector and
+# persist a device id unless this is set before the runtime initialises; the memory
+# service sends nothing anywhere but Chroma, whatever its environment says.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 # isort: split
 
