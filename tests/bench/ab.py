@@ -24,8 +24,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.bench.planning import PATIENT, run_batch, run_task
-from tests.support.mesh import LocalMesh, local_mesh
+from tests.bench.planning import effective_mesh, run_batch, run_task
+from tests.support.mesh import LocalMesh
 
 
 def _settings(spec: str) -> dict[str, str]:
@@ -39,20 +39,7 @@ def _settings(spec: str) -> dict[str, str]:
 
 def _start(stack: ExitStack, root: Path, side_env: dict[str, str], n: int) -> LocalMesh:
     root.mkdir()
-    mesh = stack.enter_context(
-        local_mesh(
-            root, researchers=0, coders=0, llm_delay_ms=1000, tracing=False, every_env=side_env
-        )
-    )
-    mesh.procs.pop("orchestrator").stop()
-    mesh.start_orchestrator(**PATIENT)
-    loops = str(max(32, n // 2 + 8))
-    for _ in range(2):
-        mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
-        mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
-    mesh.start_planner("planner-1", AGENTMESH_PLANNER_CONCURRENCY="128", **PATIENT)
-    run_task(mesh.api, "warm-up")
-    return mesh
+    return stack.enter_context(effective_mesh(root, n, every_env=side_env))
 
 
 def main() -> None:

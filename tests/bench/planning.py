@@ -24,7 +24,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,37 @@ def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dic
     }
 
 
+@contextmanager
+def effective_mesh(
+    root: Path,
+    n: int,
+    delay_ms: int = 1000,
+    planners: int = 1,
+    every_env: dict[str, str] | None = None,
+) -> Iterator[LocalMesh]:
+    """The effective-concurrency set-up, warmed up: 2 researchers and 2 coders with
+    loops for ``n`` tasks at once, the API replica (planning too) and ``planners``
+    planner processes, model calls of ``delay_ms``."""
+    loops = str(max(32, n // 2 + 8))
+    with local_mesh(
+        root,
+        researchers=0,
+        coders=0,
+        llm_delay_ms=delay_ms,
+        tracing=False,
+        every_env=every_env,
+    ) as mesh:
+        mesh.procs.pop("orchestrator").stop()
+        mesh.start_orchestrator(**PATIENT)
+        for _ in range(2):
+            mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+            mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
+        for k in range(planners):
+            mesh.start_planner(f"planner-{k + 1}", AGENTMESH_PLANNER_CONCURRENCY="128", **PATIENT)
+        run_task(mesh.api, "warm-up")
+        yield mesh
+
+
 def bench_effective_concurrency(
     root: Path, ns: list[int], delay_ms: int, planners: int = 1, repeats: int = 5
 ) -> dict[str, Any]:
@@ -151,17 +184,7 @@ def bench_effective_concurrency(
     reports the median ratio with the lowest and highest; N = 1000 runs once (its
     figure is that every task succeeds, and where CPU becomes the limit).
     """
-    top = max(ns)
-    loops = str(max(32, top // 2 + 8))
-    with local_mesh(root, researchers=0, coders=0, llm_delay_ms=delay_ms, tracing=False) as mesh:
-        mesh.procs.pop("orchestrator").stop()
-        mesh.start_orchestrator(**PATIENT)
-        for _ in range(2):
-            mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
-            mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
-        for k in range(planners):
-            mesh.start_planner(f"planner-{k + 1}", AGENTMESH_PLANNER_CONCURRENCY="128", **PATIENT)
-        run_task(mesh.api, "warm-up")
+    with effective_mesh(root, max(ns), delay_ms, planners) as mesh:
         rows = []
         alone_all: list[float] = []
         for n in ns:
