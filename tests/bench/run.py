@@ -3,6 +3,8 @@
 Machines here are noisy, so every figure that matters is a ratio of two things
 measured back to back on the same machine:
 
+- embedding: the memory service's embedder, int8, against its own float32 graph:
+  CPU time a text in batches of 16 (and how close the vectors stay);
 - dispatch: one subtask round trip through agentmesh's path (our Celery app
   factory, the hand-off's result publication and wake-up, a planner's claim of the
   woken task) against raw Celery's ``delay().get()`` with a Redis result backend;
@@ -137,6 +139,31 @@ os.execv(sys.executable, [sys.executable, "-I", "-B", *cfg["argv"]])
 """
 
 
+def bench_embedding(passes: int) -> dict[str, Any]:
+    """The memory service's embedder (int8) against its float32 graph: a batch of 16
+    memory-search-like texts through each in turn, CPU time per text."""
+    import numpy as np
+    from agentmesh_orchestrator.embedding import MiniLMEmbedder
+
+    texts = [f"Write and run a program for: batch of 100 ({i % 5}) {i}" for i in range(16)]
+    int8, f32 = MiniLMEmbedder(), MiniLMEmbedder(quantized=False)
+    a, b = np.asarray(int8.embed(texts)), np.asarray(f32.embed(texts))
+    times: dict[str, list[float]] = {"int8": [], "float32": []}
+    for _ in range(passes):
+        for name, embedder in (("int8", int8), ("float32", f32)):
+            t = time.process_time()
+            embedder.embed(texts)
+            times[name].append((time.process_time() - t) / len(texts))
+    return {
+        "texts_per_pass": len(texts),
+        "passes": passes,
+        "int8_ms_per_text": round(_p50(times["int8"]) * 1000, 2),
+        "float32_ms_per_text": round(_p50(times["float32"]) * 1000, 2),
+        "ratio": round(_p50(times["int8"]) / _p50(times["float32"]), 3),
+        "min_cosine_int8_to_float32": round(float((a * b).sum(axis=1).min()), 4),
+    }
+
+
 def bench_sandbox(root: Path, n: int) -> dict[str, Any]:
     """``run_python`` through a sandbox replica (unix socket, supervisor, Landlock)
     against the old launch inside the coder: a limited ``python`` child of the
@@ -227,6 +254,7 @@ def bench_gateway(root: Path, n: int) -> dict[str, Any]:
 
 
 FIGURES = (
+    "embedding",
     "dispatch",
     "tracing",
     "loops",
@@ -257,6 +285,7 @@ def main() -> None:
     parser.add_argument("--model-calls", type=int, default=200)
     parser.add_argument("--dashboard-requests", type=int, default=50)
     parser.add_argument("--mcp-calls", type=int, default=300)
+    parser.add_argument("--embedding-passes", type=int, default=200)
     args = parser.parse_args()
     if args.batch_repeats < 1:
         parser.error("--batch-repeats must be at least 1")
@@ -306,6 +335,8 @@ def main() -> None:
             (root / "dashboard").mkdir()
             results["dashboard"] = bench_dashboard(root / "dashboard", args.dashboard_requests)
             plots.dashboard(results["dashboard"])
+    if "embedding" in wanted:
+        results["embedding"] = bench_embedding(args.embedding_passes)
     if "images" in wanted:
         if (ROOT / "build" / "images.env").exists():
             results["images"] = bench_images()
