@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -406,7 +405,7 @@ def test_one_blas_thread_unless_configured(configured: str | None, expected: str
         assert int(out[1]) == 0, "numpy started BLAS threads"
 
 
-def test_onnx_runtime_telemetry_is_off_whatever_the_environment() -> None:
+def test_onnx_runtime_telemetry_is_off_whatever_the_environment(tmp_path: Path) -> None:
     # ONNX Runtime's Linux telemetry persists a device id and uploads events unless
     # ORT_DISABLE_TELEMETRY=1 is set before it initialises; run with a home it could
     # write to and the variable set the other way.
@@ -414,7 +413,8 @@ def test_onnx_runtime_telemetry_is_off_whatever_the_environment() -> None:
         "import os, agentmesh_orchestrator.embedding as e; "
         "e.MiniLMEmbedder().embed(['x']); print(os.environ['ORT_DISABLE_TELEMETRY'])"
     )
-    home = Path(tempfile.mkdtemp())
+    home = tmp_path / "home"
+    home.mkdir()
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "0", "HOME": str(home)}
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True

@@ -10,12 +10,14 @@ follows in numpy.
 
 The 24 dense layers, 98 % of the arithmetic, run as int8 products: weights with one
 scale per output column, activations with one scale per token, so a text's vector
-never depends on the other texts of its batch. That is ~2.7x less CPU a text than
-float32 (1.7 against 4.5 ms for a text of 16 tokens in batches, on this project's
-2-core development machine), and every memory search and write pays it. The vectors
-are within cosine 0.996 of float32 ones; float32 (``quantized=False``) reproduces
-sentence-transformers to float32 precision. tests/unit/test_embedding.py pins both
-against reference values.
+never depends on the other texts of its batch. A short text in batches of 16 costs
+1.65 ms of CPU against 3.59 in the same graph in float32 (``make bench``, figure
+"embedding", on this project's 2-core development machine) and ~4.5 in the numpy
+float32 code this replaced; every memory search and write pays it. The vectors stay
+within cosine 0.986-0.998 of the float32 ones (the lowest for the empty text: the
+fewer tokens, the less the rounding averages out); float32 (``quantized=False``)
+reproduces sentence-transformers to float32 precision. tests/unit/test_embedding.py
+pins both against reference values.
 
 Speed also comes from padding each batch only to its longest text (texts are sorted
 by token count first, so batches hold texts of similar length), from fused Q/K/V
@@ -247,17 +249,21 @@ def build_encoder_graph(
 class MiniLMEmbedder:
     """Sentence embeddings of sentence-transformers/all-MiniLM-L6-v2 (384 dims, unit norm).
 
-    Thread-safe: the weights are read-only after construction, the tokenizer is only
-    read, and one lock serialises the forward passes (one BLAS thread each: see the
-    package's docstring), so many threads can call :meth:`embed` at once. Long inputs
+    Thread-safe: the ONNX Runtime session is built once, the tokenizer is only read,
+    and one lock serialises the forward passes (one runtime thread each: see the
+    module's docstring), so many threads can call :meth:`embed` at once. Long inputs
     are split into sub-batches and the lock is taken per sub-batch, so a short query
     never waits for more than one sub-batch of someone else's work.
 
     Single texts asked for at the same time (every memory write and query is one) are
     embedded together: whichever caller gets the lock takes every text still waiting
     (up to a batch) into its forward pass and hands each caller its vector. A burst
-    of short texts so costs one pass per batch instead of one per text: ~14 instead
-    of ~21 ms of CPU a text of 40 tokens, and the burst clears that much sooner.
+    of short texts so costs one pass per batch instead of one per text (in float32
+    numpy: ~14 instead of ~21 ms of CPU a text of 40 tokens), and the burst clears
+    that much sooner.
+
+    ``quantized=False`` runs the same graph with float32 weights and activations: the
+    reference the int8 one is measured against (tests, ``make bench``).
     """
 
     dimension: Final = EMBEDDING_DIM
