@@ -15,6 +15,7 @@ import time
 import anthropic
 import httpx
 
+from agentmesh_shared.http_pools import PerThreadTransport2
 from agentmesh_shared.settings import Settings
 
 NOT_CONFIGURED = (
@@ -30,7 +31,7 @@ class LLMNotConfiguredError(RuntimeError):
 
 
 def make_client(settings: Settings) -> anthropic.Anthropic:
-    """The SDK's own pool allows 1000 connections, enough for any worker's concurrency."""
+    """The SDK's client, with a connection pool per calling thread (see http_pools)."""
     if settings.gateway_token is not None:
         if settings.anthropic_base_url is None:
             msg = "AGENTMESH_GATEWAY_TOKEN is set but ANTHROPIC_BASE_URL (the gateway) is not"
@@ -46,6 +47,7 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
         if settings.anthropic_base_url
         else None,
         max_retries=settings.llm_max_retries,
+        http_client=anthropic.DefaultHttpxClient(transport=PerThreadTransport2()),
         timeout=settings.llm_timeout_s,
         # The agent loop makes one GenAI span per model call (with the agent's name and
         # the content policy of AGENTMESH_TRACE_CONTENT); the SDK's own call spans would

@@ -40,6 +40,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from agentmesh_shared.http_pools import PerThreadTransport
+
 __all__ = [
     "DEFAULT_COLLECTION",
     "MemoryAuthError",
@@ -217,7 +219,6 @@ class MemoryClient:
         timeout_s: float = 45.0,
         connect_timeout_s: float = 2.0,
         token: str | None = None,
-        max_connections: int = 100,
     ) -> None:
         self.url = _base_url(url)
         self.collection_name = collection
@@ -225,7 +226,6 @@ class MemoryClient:
         self._retry = RetryPolicy(self.url, attempts, backoff_initial_s, backoff_max_s, max_retry_s)
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._limits = httpx.Limits(max_connections=max_connections)
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
 
@@ -293,7 +293,8 @@ class MemoryClient:
                     base_url=self.url,
                     headers=self._headers,
                     timeout=self._timeout,
-                    limits=self._limits,
+                    # A pool per agent loop's thread (see http_pools).
+                    transport=PerThreadTransport(),
                     trust_env=False,  # inside the mesh: never through the egress proxy
                 )
             return self._http
