@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import os
 
-# Every embedding is one short text, asked for by one of many request threads at once.
-# OpenBLAS would otherwise start a thread per core for each of those tiny matrix
-# products and spin them against each other: on two busy cores one query took 145 ms
-# instead of 9 ms. One BLAS thread per call is the default, set before numpy loads
-# (an explicit OPENBLAS_NUM_THREADS wins).
+# The encoder's products run in ONNX Runtime on one thread; numpy only pools and
+# normalises its output, but it loads OpenBLAS, which would start a thread per core
+# for each small product and spin them against the request threads (when numpy ran
+# the encoder, one query took 145 ms instead of 9 ms on two busy cores). One BLAS
+# thread per call is the default, set before numpy loads (an explicit
+# OPENBLAS_NUM_THREADS wins).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # ONNX Runtime's Linux wheels (1.29 on) upload usage events to a vendor collector and
 # persist a device id unless this is set before the runtime initialises; the memory
