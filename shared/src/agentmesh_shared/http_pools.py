@@ -3,7 +3,7 @@
 A worker runs one agent loop per thread, and every loop calls the model and the
 memory service over HTTP. With one shared pool, each request looks through every
 pooled connection to find an idle one (httpcore's pool is a list scanned on every
-request and every release): with 60 loops that scan cost ~0.4 ms of CPU a model
+request and every release): with 60 loops that scan cost ~0.3 ms of CPU a model
 call, 15 to 20 % of the SDK's own cost, and it grows with the loops a worker holds.
 With a pool per thread a request finds its thread's one connection at once, and a
 connection is never handed between threads, so none is ever closed for exceeding a
