@@ -144,7 +144,7 @@ def build_encoder_graph(
         q, scale = _quantize_columns(weight)
         rows = op("Reshape", x, const(prefix + ".rows", [-1, weight.shape[0]], np.int64))
         peak = op("ReduceMax", op("Abs", rows), axes=[1], keepdims=1)
-        row_scale = op("Div", op("Max", peak, const(prefix + ".tiny", 1e-12, np.float32)), i8_max)
+        row_scale = op("Div", op("Max", peak, tiny), i8_max)
         xq = op("Add", op("Round", op("Div", rows, row_scale)), u8_zero_f)
         product = op(
             "MatMulInteger",
@@ -173,6 +173,7 @@ def build_encoder_graph(
         )
 
     i8_max = const("i8_max", 127.0, np.float32)
+    tiny = const("tiny", 1e-12, np.float32)  # keeps an all-zero row's scale positive
     u8_zero = const("u8_zero", 128, np.uint8)
     u8_zero_f = const("u8_zero_f", 128.0, np.float32)
     # Embeddings: word rows (float16 in the images: cast after the lookup) plus
