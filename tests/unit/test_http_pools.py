@@ -82,12 +82,24 @@ def test_a_shared_pool_hands_connections_between_threads(peer_url: str) -> None:
 
 def test_a_finished_threads_pool_is_closed(peer_url: str) -> None:
     transport = PerThreadTransport()
+    kept: list[httpx.HTTPTransport] = []
+
+    def work() -> None:
+        client.get("/")
+        kept.extend(transport._open)  # held here, so only an explicit close ends it
+
     with httpx.Client(base_url=peer_url, transport=transport) as client:
-        worker = threading.Thread(target=lambda: client.get("/"))
+        worker = threading.Thread(target=work)
         worker.start()
         worker.join()
         del worker
-        assert not transport._open  # the thread's pool went with the thread
+        (pool,) = kept
+        # The thread's kept-alive connection was closed when the thread ended, though
+        # its transport is still referenced (the garbage collector cannot have done it).
+        assert not pool._pool.connections
+        del pool
+        kept.clear()
+        assert not transport._open  # and it is freed once nothing else holds it
 
 
 def test_the_model_client_calls_through_a_pool_per_thread(
