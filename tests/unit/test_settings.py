@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from agentmesh_shared.settings import Settings, SettingsError, load_settings, settings_or_exit
+from anthropic.resources.messages.messages import DEPRECATED_MODELS
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +72,14 @@ def test_credential_secrets_are_read_and_a_role_user_is_named_by_the_url(
     assert settings.redis_connection_url() == "redis://coder:coder-pw@broker:6379/0"
     (tmp_path / "api_token").write_text("\n")
     assert Settings(_secrets_dir=tmp_path).api_token is None  # type: ignore[call-arg]
+
+
+def test_the_default_model_is_one_the_sdk_does_not_call_deprecated() -> None:
+    """The SDK lists models past (or near) their end of life and warns on every call to
+    one; the default must not be among them (claude-sonnet-4-5 reached its end of life
+    on 2026-11-30)."""
+    model = Settings.model_fields["model"].default
+    assert model not in DEPRECATED_MODELS, f"{model} ends {DEPRECATED_MODELS[model]}"
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # --- the model ------------------------------------------------------------------
     anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env("ANTHROPIC_API_KEY"))
     anthropic_base_url: HttpUrl | None = Field(None, validation_alias=_env("ANTHROPIC_BASE_URL"))
-    model: str = Field("claude-sonnet-4-5", min_length=1)
+    model: str = Field("claude-sonnet-5-5", min_length=1)
     llm_max_tokens: PositiveInt = 4096
     llm_timeout_s: PositiveFloat = 120.0
     llm_max_retries: Annotated[int, Field(ge=0, le=10)] = 4
