@@ -42,7 +42,7 @@ hash_of() { # the SHA-256 (hex) of a secret file's first line
 
 celery='-@all +time +@connection +@transaction +@pubsub +@read +@write +@list +@hash +@set +@sortedset +@stream +@string +@keyspace +@scripting -@dangerous -@admin -scan -script|flush -script|kill -function'
 kombu='~_kombu.binding* ~*.celery.pidbox* allchannels'
-worker_keys='~agentmesh:subtask:* %R~agentmesh:task:*:cancel ~agentmesh:task:*:budget ~agentmesh:task:*:events ~agentmesh:deadletter ~agentmesh:deadletter:total ~agentmesh:workers ~agentmesh:plan:due ~agentmesh:plan:doorbell'
+worker_keys='~agentmesh:subtask:* %R~agentmesh:task:*:cancel ~agentmesh:task:*:budget ~agentmesh:task:*:events ~agentmesh:task:*:awaited ~agentmesh:deadletter ~agentmesh:deadletter:total ~agentmesh:workers ~agentmesh:plan:due ~agentmesh:plan:doorbell'
 
 {
 	# `default` is off: no connection can log in as it, and an unauthenticated one

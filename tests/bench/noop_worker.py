@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmesh_orchestrator.schedule import PlanSchedule
-from agentmesh_shared import keys
+from agentmesh_shared import events, keys
 from agentmesh_shared.celery_app import create_celery_app
 from agentmesh_shared.handoff import Handoff
 from agentmesh_shared.health import beat
@@ -82,7 +82,7 @@ def main() -> None:
             started_at=now,
             finished_at=now,
         )
-        handoff.publish(result)
+        handoff.publish(result, events.encode(result.task_id, "subtask.succeeded", "done"))
 
     beat(settings.heartbeat_file)
     app.worker_main(

@@ -8,9 +8,24 @@ from pathlib import Path
 
 import pytest
 import redis
-from agentmesh_shared import keys
-from agentmesh_shared.handoff import RESULT_TTL_S, Handoff, lease_key, result_key, started_key
-from agentmesh_shared.models import Role, SubtaskResult
+from agentmesh_shared import events, keys
+from agentmesh_shared.handoff import (
+    RESULT_TTL_S,
+    Handoff,
+    awaited_key,
+    lease_key,
+    result_key,
+    started_key,
+)
+from agentmesh_shared.models import (
+    Role,
+    SubtaskRecord,
+    SubtaskResult,
+    TaskLimits,
+    TaskRecord,
+    TaskStatus,
+    Usage,
+)
 
 from tests.support.redis_server import redis_server
 
@@ -30,9 +45,90 @@ def _result(subtask_id: str, worker: str, output: str) -> SubtaskResult:
         status="succeeded",
         worker=worker,
         output=output,
+        usage=Usage(input_tokens=3, output_tokens=7),
         started_at=now,
         finished_at=now,
     )
+
+
+EVENT = events.encode("t1", "subtask.succeeded", "researcher-1 succeeded")
+
+
+def _record(*subtask_ids: str) -> TaskRecord:
+    return TaskRecord(
+        id="t1",
+        text="a task",
+        limits=TaskLimits(max_steps=6, token_budget=1000, timeout_s=60),
+        status=TaskStatus.RUNNING,
+        subtasks=[
+            SubtaskRecord(id=s, role=Role.RESEARCHER, instruction="look") for s in subtask_ids
+        ],
+    )
+
+
+def _due(r: redis.Redis) -> float | None:
+    return r.zscore(keys.PLAN_DUE, "t1")
+
+
+def test_only_the_last_awaited_result_wakes_the_task(r: redis.Redis) -> None:
+    handoff = Handoff(r)
+    later = time.time() + 60
+    r.zadd(keys.PLAN_DUE, {"t1": later})
+    assert handoff.await_results("t1", ["t1-a", "t1-b"]) == 2
+    assert 0 < r.ttl(awaited_key("t1")) <= RESULT_TTL_S
+    handoff.publish(_result("t1-a", "researcher-1", "a"), EVENT)
+    assert _due(r) == pytest.approx(later) and r.llen(keys.PLAN_DOORBELL) == 0
+    handoff.publish(_result("t1-b", "researcher-2", "b"), EVENT)
+    woken = _due(r)
+    assert woken is not None and woken <= time.time()
+    assert r.llen(keys.PLAN_DOORBELL) == 1
+    # A duplicate of a result already in wakes the task again: harmless, never lost.
+    r.zadd(keys.PLAN_DUE, {"t1": later})
+    handoff.publish(_result("t1-b", "researcher-3", "b again"), EVENT)
+    woken = _due(r)
+    assert woken is not None and woken <= time.time()
+
+
+def test_results_that_arrived_while_the_step_ran_wake_the_task_when_it_ends(
+    r: redis.Redis,
+) -> None:
+    handoff = Handoff(r)
+    later = time.time() + 60
+    # With no awaited list yet (the step is still sending), every result wakes.
+    handoff.publish(_result("t1-a", "researcher-1", "a"), EVENT)
+    woken = _due(r)
+    assert woken is not None and woken <= time.time()
+    r.zadd(keys.PLAN_DUE, {"t1": later})  # the step's own release, say
+    # The step ends waiting for a and b: a is in already, so only b is awaited.
+    assert handoff.await_results("t1", ["t1-a", "t1-b"]) == 1
+    assert _due(r) == pytest.approx(later)
+    handoff.publish(_result("t1-b", "researcher-1", "b"), EVENT)
+    woken = _due(r)
+    assert woken is not None and woken <= time.time()
+    # Both in before the step ended: its end wakes the task itself.
+    r.zadd(keys.PLAN_DUE, {"t1": later})
+    assert handoff.await_results("t1", ["t1-a", "t1-b"]) == 0
+    woken = _due(r)
+    assert woken is not None and woken <= time.time()
+
+
+def test_a_reader_sees_a_result_before_the_planner_records_it(r: redis.Redis) -> None:
+    handoff = Handoff(r)
+    handoff.await_results("t1", ["t1-a", "t1-b"])
+    handoff.mark_started("t1-b", "researcher-2", lease_ttl_s=5)
+    handoff.publish(_result("t1-a", "researcher-1", "found it"), EVENT)
+    record = _record("t1-a", "t1-b")
+    handoff.progress([record])
+    a, b = record.subtasks
+    assert a.status is TaskStatus.SUCCEEDED and a.result == "found it"
+    assert a.worker == "researcher-1" and a.finished_at
+    assert record.usage.output_tokens == 7  # the result's usage counts in the task's
+    assert b.status is TaskStatus.RUNNING and b.worker == "researcher-2"
+    # A finished task is shown as the planner recorded it.
+    done = _record("t1-a")
+    done.status = TaskStatus.SUCCEEDED
+    handoff.progress([done])
+    assert done.subtasks[0].status is TaskStatus.QUEUED
 
 
 def test_a_start_is_seen_with_its_lease_and_wakes_nobody(r: redis.Redis) -> None:
@@ -48,16 +144,20 @@ def test_a_start_is_seen_with_its_lease_and_wakes_nobody(r: redis.Redis) -> None
     assert r.llen(keys.PLAN_DOORBELL) == 0
     assert 0 < r.ttl(started_key("t1-a")) <= RESULT_TTL_S
     # What a reader shows before the planner's next look records it.
-    starts = handoff.starts(["t1-a", "t1-b"])
-    assert list(starts) == ["t1-a"] and starts["t1-a"].worker == "researcher-1"
-    assert handoff.starts([]) == {}
+    record = _record("t1-a", "t1-b")
+    handoff.progress([record])
+    a, b = record.subtasks
+    assert a.status is TaskStatus.RUNNING and a.worker == "researcher-1" and a.started_at
+    assert b.status is TaskStatus.QUEUED and b.worker is None
+    handoff.progress([])  # nothing to look up: no round trip, no error
 
 
 def test_the_first_result_wins_and_ends_the_lease(r: redis.Redis) -> None:
     handoff = Handoff(r)
     handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=5)
-    assert handoff.publish(_result("t1-a", "researcher-1", "first"))
-    assert not handoff.publish(_result("t1-a", "researcher-2", "second"))
+    assert handoff.publish(_result("t1-a", "researcher-1", "first"), EVENT)
+    assert not handoff.publish(_result("t1-a", "researcher-2", "second"), EVENT)
+    assert r.xlen(keys.task_events("t1")) == 2  # each delivery reported what it did
     view = handoff.snapshot(["t1-a"])["t1-a"]
     assert view.result is not None and view.result.output == "first"
     assert not view.leased and not r.exists(lease_key("t1-a"))

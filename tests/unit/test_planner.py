@@ -15,11 +15,10 @@ from pathlib import Path
 import anthropic
 import pytest
 import redis
-from agentmesh_orchestrator.api import with_live_starts
 from agentmesh_orchestrator.planner import Planner
 from agentmesh_orchestrator.schedule import Claim
 from agentmesh_orchestrator.store import TaskStore
-from agentmesh_shared import keys
+from agentmesh_shared import events, keys
 from agentmesh_shared.celery_app import create_celery_app
 from agentmesh_shared.handoff import Handoff
 from agentmesh_shared.llm.scripted_server import ScriptedServer
@@ -29,6 +28,7 @@ from agentmesh_shared.models import (
     TaskLimits,
     TaskRecord,
     TaskStatus,
+    Usage,
     new_id,
 )
 from agentmesh_shared.settings import load_settings
@@ -103,9 +103,14 @@ def _result(task_id: str, subtask_id: str, role: Role) -> SubtaskResult:
         status="succeeded",
         worker=f"{role.value}-1",
         output=f"{role.value} output",
+        usage=Usage(input_tokens=10, output_tokens=5),
         started_at=now,
         finished_at=now,
     )
+
+
+def _event(task_id: str) -> str:
+    return events.encode(task_id, "subtask.succeeded", "a subtask succeeded")
 
 
 def test_a_step_sends_the_turns_delegations_and_ends_without_waiting(
@@ -140,9 +145,20 @@ def test_results_continue_the_task_to_its_synthesis(planner: Planner, r: redis.R
     assert record is not None and record.subtasks[0].status is TaskStatus.RUNNING
     assert record.subtasks[0].worker == "researcher-1"
 
-    handoff.publish(_result(task_id, researcher.id, Role.RESEARCHER))
-    assert _step(planner, task_id) is not None  # one result of two: still waiting
-    handoff.publish(_result(task_id, coder.id, Role.CODER))
+    due = r.zscore(keys.PLAN_DUE, task_id)
+    assert due is not None and due > time.time() + 3  # the step awaits both results
+    handoff.publish(_result(task_id, researcher.id, Role.RESEARCHER), _event(task_id))
+    assert r.zscore(keys.PLAN_DUE, task_id) == due  # one result of two wakes nobody
+    # A reader sees it at once, though the planner records it only at its next step.
+    stored = planner.store.get(task_id)
+    assert stored is not None and stored.subtasks[0].status is TaskStatus.RUNNING
+    handoff.progress([stored])
+    assert stored.subtasks[0].status is TaskStatus.SUCCEEDED
+    assert stored.subtasks[0].result == "researcher output"
+    assert stored.usage.input_tokens == record.usage.input_tokens + 10
+    handoff.publish(_result(task_id, coder.id, Role.CODER), _event(task_id))
+    woken = r.zscore(keys.PLAN_DUE, task_id)
+    assert woken is not None and woken <= time.time()  # the last one wakes the task
     assert _step(planner, task_id) is None  # both in: the model answers, the task ends
     done = planner.store.get(task_id)
     assert done is not None and done.status is TaskStatus.SUCCEEDED
@@ -226,7 +242,8 @@ def test_a_start_shows_to_readers_at_once_and_costs_no_planning_step(
     assert r.zscore(keys.PLAN_DUE, task_id) == due_before  # no step was queued for it
     stored = planner.store.get(task_id)
     assert stored is not None and stored.subtasks[0].status is TaskStatus.QUEUED
-    (shown,) = with_live_starts(Handoff(r), [stored])
+    Handoff(r).progress([stored])
+    shown = stored
     assert shown.subtasks[0].status is TaskStatus.RUNNING
     assert shown.subtasks[0].worker == "researcher-7" and shown.subtasks[0].started_at
     assert shown.subtasks[1].status is TaskStatus.QUEUED and shown.subtasks[1].id == coder.id

@@ -111,7 +111,8 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         record = services.store.get(task_id) if keys_ok(task_id) else None
         if record is None:
             raise HTTPException(status_code=404, detail=f"unknown task id {task_id!r}")
-        return with_live_starts(handoff, [record])[0]
+        handoff.progress([record])
+        return record
 
     @app.post("/tasks", status_code=202, response_model=TaskRecord)
     def submit(
@@ -188,7 +189,9 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         status: TaskStatus | None = None,
     ) -> list[TaskRecord]:
-        return with_live_starts(handoff, services.store.recent(limit=limit, status=status))
+        records = services.store.recent(limit=limit, status=status)
+        handoff.progress(records)
+        return records
 
     @app.get("/tasks/{task_id}", response_model=TaskRecord)
     def get_task(task_id: str) -> TaskRecord:
@@ -308,27 +311,6 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
         lambda task_id: services.store.get(task_id) if keys_ok(task_id) else None,
     )
     return app
-
-
-def with_live_starts(handoff: Handoff, records: list[TaskRecord]) -> list[TaskRecord]:
-    """The records as a reader should see them: a subtask a worker has started shows
-    as running with its worker, though the planner records that only at its next look
-    (a start wakes no planning step: see :mod:`agentmesh_shared.handoff`)."""
-    waiting = [
-        sub
-        for record in records
-        if not record.status.terminal
-        for sub in record.subtasks
-        if sub.status is TaskStatus.QUEUED
-    ]
-    starts = handoff.starts([sub.id for sub in waiting])
-    for sub in waiting:
-        started = starts.get(sub.id)
-        if started is not None:
-            sub.status = TaskStatus.RUNNING
-            sub.worker = started.worker
-            sub.started_at = started.at
-    return records
 
 
 def keys_ok(task_id: str) -> bool:

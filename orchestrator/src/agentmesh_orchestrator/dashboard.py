@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Annotated, cast
 
 import redis
+from agentmesh_shared.handoff import Handoff
 from agentmesh_shared.models import Role, TaskLimits, TaskRecord, TaskStatus, Usage
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import RedirectResponse, Response
@@ -132,6 +133,7 @@ def register_dashboard(
 ) -> None:
     """Add the page (``/``, ``/ui/``) and its routes (``/dashboard/...``) to ``app``."""
     files = _ui_files()
+    handoff = Handoff(store.redis)
 
     @app.get("/", include_in_schema=False)
     @app.get(UI_PREFIX.rstrip("/"), include_in_schema=False)
@@ -153,6 +155,7 @@ def register_dashboard(
         status: TaskStatus | None = None,
     ) -> TaskPage:
         records, next_offset = store.page(offset=offset, limit=limit, status=status)
+        handoff.progress(records)  # what workers reported since the planner's last step
         return TaskPage(
             tasks=[TaskSummary.of(r) for r in records],
             offset=offset,

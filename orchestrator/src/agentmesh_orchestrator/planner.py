@@ -6,9 +6,10 @@ collect the results of the delegations the last model turn asked for; when all a
 in, give them to the model as tool results and call it again; send the delegations
 of its new turn (each ``delegate`` tool call becomes a Celery message on the
 ``research`` or ``code`` queue, all of one turn at once); checkpoint; end. Nothing
-waits for a subtask: the worker's result wakes the task (the hand-off puts it back
-on the schedule) and the next step continues from the checkpoint, so a waiting task
-costs a record in Redis, not a thread.
+waits for a subtask: the step names the subtasks it awaits, the last of their
+results wakes the task (the hand-off puts it back on the schedule) and the next step
+continues from the checkpoint, so a waiting task costs a record in Redis, not a
+thread, and a turn's delegations cost one step to send and one to collect.
 
 A step also looks after its subtasks: a subtask whose worker stopped renewing its
 lease (SIGKILL, OOM, a lost host) is sent again at once, and one with no result by
@@ -41,7 +42,7 @@ from agentmesh_shared.agent import (
 )
 from agentmesh_shared.agent.loop import Message, final_text
 from agentmesh_shared.budget import TokenBudget
-from agentmesh_shared.handoff import Handoff, SubtaskView
+from agentmesh_shared.handoff import Handoff, SubtaskView, result_fields
 from agentmesh_shared.llm import LLMNotConfiguredError
 from agentmesh_shared.models import (
     TASK_NAME_BY_ROLE,
@@ -467,8 +468,12 @@ class Planner:
             self._apply_subtask_changes(task_id, changes)
         if all(c.outcome is not None for c in calls):
             return [cast("Message", c.outcome) for c in calls], time.time()
-        waiting = [c.give_up_at for c in calls if c.outcome is None]
-        return None, min([time.time() + self.settings.plan_recheck_s, *waiting])
+        waiting = [c for c in calls if c.outcome is None]
+        # Only the last of their results wakes the task: one step for all of them.
+        self.handoff.await_results(task_id, [cast("str", c.subtask_id) for c in waiting])
+        return None, min(
+            [time.time() + self.settings.plan_recheck_s, *(c.give_up_at for c in waiting)]
+        )
 
     def _judge(
         self, record: TaskRecord, call: _Delegation, view: SubtaskView
@@ -479,7 +484,7 @@ class Planner:
         if sub is not None and sub.status is TaskStatus.FAILED and view.result is None:
             return _error_block(call, f"delegate failed: {sub.error}"), {}
         if view.result is not None:
-            return _result_block(call, view.result), _result_changes(view.result)
+            return _result_block(call, view.result), result_fields(view.result)
         now = time.time()
         if view.started is not None and not view.leased:
             resends = (sub.resends if sub else 0) + 1
@@ -588,20 +593,6 @@ class Planner:
                     setattr(s, name, value)
 
         return self.store.update(task_id, apply)
-
-
-def _result_changes(result: SubtaskResult) -> dict[str, Any]:
-    return {
-        "status": TaskStatus(result.status),
-        "worker": result.worker,
-        "result": result.output or None,
-        "error": result.error,
-        "usage": result.usage,
-        "steps": result.steps,
-        "artifacts": result.artifacts,
-        "started_at": result.started_at,
-        "finished_at": result.finished_at,
-    }
 
 
 def _result_block(call: _Delegation, result: SubtaskResult) -> Message:

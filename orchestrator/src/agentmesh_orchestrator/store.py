@@ -23,18 +23,19 @@ ACTIVE = keys.ACTIVE_TASKS
 # limit, the "accepted" event, events kept, doorbell length. The task, its first event
 # and the planners' doorbell in one step: one round trip for the API's busiest call.
 # Returns -1 when admitted, else the number of unfinished tasks.
-_ADMIT = """
+_ADMIT = (
+    handoff.WAKE_LUA
+    + """
 local active = redis.call('SCARD', KEYS[1])
 if active >= tonumber(ARGV[4]) then return active end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[4], 'NX', ARGV[3], ARGV[1])
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[5])
-redis.call('LPUSH', KEYS[6], '1')
-redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[7]) - 1)
+wake(KEYS[4], KEYS[6], ARGV[1], ARGV[3], tonumber(ARGV[7]))
 return -1
 """
+)
 
 
 # KEYS: record, active; ARGV: expected json, new json, terminal (0/1), id.
@@ -142,6 +143,7 @@ class TaskStore:
                 keys.budget(tid),
                 keys.task_lease(tid),
                 keys.task_stepping(tid),
+                handoff.awaited_key(tid),
                 *(k(sid) for sid in subtasks for k in handoff.SUBTASK_KEYS),
             )
             pipe.zrem(keys.TASK_INDEX, tid)

@@ -3,7 +3,8 @@
 Payload validation first (a malformed or unknown message goes to the dead-letter list
 and the worker keeps serving), then the agent loop with the task's shared budget,
 then publication through the hand-off: first result wins, so a redelivered subtask
-is absorbed, and the task's planner is woken either way.
+is absorbed, and the task's planner is woken once the step it waits for has all its
+results (see :mod:`agentmesh_shared.handoff`).
 """
 
 from __future__ import annotations
@@ -234,10 +235,7 @@ def failed_result(
 
 def publish(runtime: WorkerRuntime, result: SubtaskResult) -> None:
     """First result wins: a subtask that ran twice is reported once."""
-    if not runtime.handoff.publish(result):
-        log.warning("subtask %s already had a result; duplicate absorbed", result.subtask_id)
-    events.publish(
-        runtime.redis,
+    event = events.encode(
         result.task_id,
         f"subtask.{result.status}",
         f"{result.role.value} {runtime.hostname} {result.status} subtask {result.subtask_id}"
@@ -245,6 +243,8 @@ def publish(runtime: WorkerRuntime, result: SubtaskResult) -> None:
         subtask_id=result.subtask_id,
         worker=runtime.hostname,
     )
+    if not runtime.handoff.publish(result, event):
+        log.warning("subtask %s already had a result; duplicate absorbed", result.subtask_id)
 
 
 def _summarize(err: ValidationError) -> str:
