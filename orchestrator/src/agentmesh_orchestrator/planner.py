@@ -55,6 +55,7 @@ from agentmesh_shared.models import (
     Usage,
 )
 from agentmesh_shared.settings import Settings
+from agentmesh_shared.turns import TURNS
 from celery import Celery
 from kombu.exceptions import OperationalError
 from opentelemetry import context as otel_context
@@ -216,6 +217,12 @@ class Planner:
 
     # -- one step -------------------------------------------------------------------------
     def _step_guarded(self, claim: Claim) -> None:
+        # The step's CPU work in one of the process's turns; it gives the turn up
+        # while it waits on the model (agentmesh_shared.turns).
+        with TURNS.turn():
+            self._step_in_turn(claim)
+
+    def _step_in_turn(self, claim: Claim) -> None:
         task_id = claim.task_id
         next_at: float | None = time.time() + REDIS_RETRY_S
         try:

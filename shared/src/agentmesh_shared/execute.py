@@ -29,6 +29,7 @@ from agentmesh_shared.agent import (
 from agentmesh_shared.llm import LLMNotConfiguredError
 from agentmesh_shared.models import SubtaskMessage, SubtaskResult, Usage
 from agentmesh_shared.runtime import ActiveSubtask, RoleAgent, RoleSession, WorkerRuntime
+from agentmesh_shared.turns import TURNS
 
 log = logging.getLogger("agentmesh.worker")
 
@@ -54,8 +55,11 @@ def execute_subtask(
     )
     runtime.enter(msg)
     try:
-        result = _run(runtime, agent, msg)
-        publish(runtime, result)
+        # The loop's CPU work in one of the process's turns; it gives the turn up
+        # while it waits on the model and on its tools (agentmesh_shared.turns).
+        with TURNS.turn():
+            result = _run(runtime, agent, msg)
+            publish(runtime, result)
     finally:
         runtime.leave(msg)
     attrs = {"agentmesh.role": msg.role.value, "status": result.status}

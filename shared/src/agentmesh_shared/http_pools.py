@@ -10,7 +10,8 @@ connection is never handed between threads, so none is ever closed for exceeding
 shared keep-alive quota and opened again.
 
 The transports share one TLS context (loading the CA bundle once per process, not
-once per thread); a thread's pool is closed when the thread ends.
+once per thread); a thread's pool is closed when the thread ends. A thread gives its
+CPU turn up while it waits for a reply (:mod:`agentmesh_shared.turns`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 import httpx
 import httpx2
+
+from agentmesh_shared.turns import TURNS
 
 PER_THREAD_LIMITS = {"max_connections": 4, "max_keepalive_connections": 4}
 """One connection per thread in practice; a few more for a thread's rare overlaps."""
@@ -86,7 +89,8 @@ class PerThreadTransport(_PerThread, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         transport: httpx.HTTPTransport = self._mine()
-        return transport.handle_request(request)
+        with TURNS.released():  # the network wait: another thread's turn
+            return transport.handle_request(request)
 
     def close(self) -> None:
         self._close_all()
@@ -103,7 +107,8 @@ class PerThreadTransport2(_PerThread, httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         transport: httpx2.HTTPTransport = self._mine()
-        return transport.handle_request(request)
+        with TURNS.released():  # the network wait: another thread's turn
+            return transport.handle_request(request)
 
     def close(self) -> None:
         self._close_all()

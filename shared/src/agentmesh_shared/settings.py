@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentmesh_shared.turns import TURNS
+
 
 def secrets_dir() -> Path | None:
     """Where secret files are mounted (``AGENTMESH_SECRETS_DIR``, else /run/secrets)."""
@@ -160,6 +162,10 @@ class Settings(BaseSettings):
     # a thread whose reply has arrived queues behind any CPU-bound one for up to that
     # long at each round trip. docs/measurements.md has the A/B that chose 0.5 ms.
     gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 0.5
+    # Threads of a process that run their CPU work at once (planning steps, agent
+    # loops); they give their turn up while they wait on the network. 0: no limit.
+    # See agentmesh_shared.turns.
+    cpu_turns: Annotated[int, Field(ge=0, le=1024)] = 2
 
     # --- researcher -----------------------------------------------------------------
     fetch_allowlist: str = ""  # comma-separated host globs; empty means no fetching
@@ -293,7 +299,8 @@ def load_settings(**overrides: object) -> Settings:
 def settings_or_exit(program: str) -> Settings:
     """:func:`load_settings` for an entry point: a bad setting ends the program with
     exit status 2 and one line on stderr naming the variable, not a traceback. It
-    also sets the interpreter's GIL switch interval (``gil_switch_interval_ms``)."""
+    also sets the interpreter's GIL switch interval (``gil_switch_interval_ms``) and
+    the process's CPU turns (``cpu_turns``)."""
     try:
         settings = load_settings()
     except SettingsError as err:
@@ -301,6 +308,7 @@ def settings_or_exit(program: str) -> Settings:
         raise SystemExit(2) from None
     # The process's own tuning, set once by its entry point.
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    TURNS.configure(settings.cpu_turns)
     return settings
 
 

@@ -27,6 +27,7 @@ from agentmesh_shared.agent.tools import AgentTool, ToolContext, ToolOutcome
 from agentmesh_shared.budget import BudgetExceededError, TokenBudget
 from agentmesh_shared.models import Usage
 from agentmesh_shared.telemetry import capture_content, inject, tracer
+from agentmesh_shared.turns import TURNS
 
 _tracer = tracer("agentmesh.agent")
 
@@ -178,7 +179,10 @@ class AgentLoop:
         )
 
     def _tools_step(self, state: LoopState) -> None:
-        results = self._run_tools(state.pending_tool_uses(), state)
+        # Tools wait on other services (memory, the sandbox, MCP servers, the web), or
+        # run on threads of their own: not in this thread's CPU turn.
+        with TURNS.released():
+            results = self._run_tools(state.pending_tool_uses(), state)
         state.messages.append({"role": "user", "content": results})
         self._checkpoint(state)
 

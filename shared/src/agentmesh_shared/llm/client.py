@@ -11,12 +11,14 @@ credential is ever logged.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anthropic
 import httpx
 
 from agentmesh_shared.http_pools import PerThreadTransport2
 from agentmesh_shared.settings import Settings
+from agentmesh_shared.turns import TURNS
 
 NOT_CONFIGURED = (
     "the model is not configured: put an Anthropic API key in "
@@ -30,6 +32,14 @@ class LLMNotConfiguredError(RuntimeError):
         super().__init__(reason)
 
 
+class _Anthropic(anthropic.Anthropic):
+    """The SDK's client; its sleep before a retry gives the caller's CPU turn up."""
+
+    def _sleep_for_retry(self, **kwargs: Any) -> None:
+        with TURNS.released():
+            super()._sleep_for_retry(**kwargs)
+
+
 def make_client(settings: Settings) -> anthropic.Anthropic:
     """The SDK's client, with a connection pool per calling thread (see http_pools)."""
     if settings.gateway_token is not None:
@@ -41,7 +51,7 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
         key = settings.anthropic_api_key
     else:
         raise LLMNotConfiguredError
-    return anthropic.Anthropic(
+    return _Anthropic(
         api_key=key.get_secret_value(),
         base_url=str(settings.anthropic_base_url).rstrip("/")
         if settings.anthropic_base_url
