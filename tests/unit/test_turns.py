@@ -94,9 +94,13 @@ def one_turn() -> Iterator[None]:
     TURNS.configure(slots)
 
 
-def _client(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+@pytest.fixture
+def client(
+    scripted: ScriptedServer, one_turn: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Any:
+    """The mesh's model client against the scripted server, in a process of one turn."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{scripted.server_address[1]}")
     monkeypatch.setenv("AGENTMESH_LLM_MAX_RETRIES", "2")
     return make_client(Settings(_secrets_dir=tmp_path))  # type: ignore[call-arg]
 
@@ -109,12 +113,8 @@ def _call(client: Any) -> None:
 
 
 def test_threads_waiting_on_model_calls_wait_together(
-    scripted: ScriptedServer,
-    one_turn: None,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    scripted: ScriptedServer, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = _client(scripted, monkeypatch, tmp_path)
     scripted.delay_s = 0.3
     in_flight = 0
     most = 0
@@ -148,12 +148,8 @@ def test_threads_waiting_on_model_calls_wait_together(
 
 
 def test_the_sdks_sleep_before_a_retry_is_anothers_turn(
-    scripted: ScriptedServer,
-    one_turn: None,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    scripted: ScriptedServer, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = _client(scripted, monkeypatch, tmp_path)
     _call(client)  # connected: one call
     scripted.fail_remaining = 1  # the next is answered 529 (overloaded), then retried
     arrivals: list[float] = []
