@@ -21,11 +21,14 @@ from agentmesh_shared.turns import TURNS, Turns
 HOLD_S = 0.05
 
 
-def _overlap(turns: Turns, threads: int = 4) -> int:
-    """The most threads ever inside a turn at once."""
+def _overlap(turns: Turns, together: int, threads: int = 4) -> int:
+    """The most threads ever inside a turn at once. Each waits inside its turn until
+    ``together`` threads are in (so the count cannot come out low on a slow machine),
+    then holds it long enough for every other thread to try to come in."""
     inside = 0
     most = 0
     guard = threading.Lock()
+    met = threading.Barrier(together, timeout=10)
 
     def work() -> None:
         nonlocal inside, most
@@ -33,7 +36,8 @@ def _overlap(turns: Turns, threads: int = 4) -> int:
             with guard:
                 inside += 1
                 most = max(most, inside)
-            time.sleep(HOLD_S)  # long enough for every other thread to try
+            met.wait()
+            time.sleep(HOLD_S)
             with guard:
                 inside -= 1
 
@@ -42,13 +46,14 @@ def _overlap(turns: Turns, threads: int = 4) -> int:
         w.start()
     for w in workers:
         w.join()
+    assert not met.broken, f"{together} threads never held a turn at once"
     return most
 
 
 def test_one_turn_lets_one_thread_in_at_a_time_and_none_means_no_limit() -> None:
-    assert _overlap(Turns(1)) == 1
-    assert _overlap(Turns(2)) == 2
-    assert _overlap(Turns(0)) == 4
+    assert _overlap(Turns(1), together=1) == 1
+    assert _overlap(Turns(2), together=2) == 2
+    assert _overlap(Turns(0), together=4) == 4
     with pytest.raises(ValueError, match="turns must be >= 0"):
         Turns(-1)
 

@@ -184,7 +184,7 @@ class Handoff:
 
     def publish(self, result: SubtaskResult, event: str) -> bool:
         """Store the result unless one is there already, and append ``event`` (an
-        :func:`events.encode` d entry) to the task's events; wake the task unless its
+        entry made by :func:`events.encode`) to the task's events; wake the task unless its
         planner still awaits another subtask. True if this result was stored."""
         stored = self._publish(
             keys=[
