@@ -149,16 +149,18 @@ def effective_mesh(
     delay_ms: int = 1000,
     planners: int = 1,
     every_env: dict[str, str] | None = None,
+    llm_arrivals: Path | None = None,
 ) -> Iterator[LocalMesh]:
     """The effective-concurrency set-up, warmed up: 2 researchers and 2 coders with
     loops for ``n`` tasks at once, the API replica (planning too) and ``planners``
-    planner processes, model calls of ``delay_ms``."""
+    planner processes, model calls of ``delay_ms`` (logged to ``llm_arrivals``)."""
     loops = str(max(32, n // 2 + 8))
     with local_mesh(
         root,
         researchers=0,
         coders=0,
         llm_delay_ms=delay_ms,
+        llm_arrivals=llm_arrivals,
         tracing=False,
         every_env=every_env,
     ) as mesh:

@@ -29,6 +29,10 @@ measured back to back on the same machine:
 
 ``--figures`` picks which to run (default all); each figure also becomes a PNG in
 build/bench/, and the whole result is written to build/bench/results.json.
+
+Not a figure but the tool to explain one: ``python -m tests.bench.timeline`` runs the
+effective-concurrency set-up and shows, round by round, where a batch's seconds went
+and which process used the CPU meanwhile.
 """
 
 from __future__ import annotations

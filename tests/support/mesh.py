@@ -115,6 +115,8 @@ def redis_server_bin() -> str:
 class LocalMesh:
     root: Path
     llm_delay_ms: int = 0
+    # Where the scripted model appends a line per request as it arrives (--arrivals).
+    llm_arrivals: Path | None = None
     redis_port: int = field(default_factory=free_port)
     llm_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
@@ -270,6 +272,7 @@ class LocalMesh:
                 str(self.llm_port),
                 "--delay-ms",
                 str(self.llm_delay_ms),
+                *(["--arrivals", str(self.llm_arrivals)] if self.llm_arrivals else []),
             ],
             self.env(),
             self.root / "llm.log",
@@ -438,6 +441,7 @@ def local_mesh(
     researchers: int = 1,
     coders: int = 1,
     llm_delay_ms: int = 0,
+    llm_arrivals: Path | None = None,
     tracing: bool = True,
     orchestrator_env: dict[str, str] | None = None,
     extra_api_tokens: list[str] | None = None,
@@ -447,6 +451,7 @@ def local_mesh(
     mesh = LocalMesh(
         root=root,
         llm_delay_ms=llm_delay_ms,
+        llm_arrivals=llm_arrivals,
         orchestrator_env=dict(orchestrator_env or {}),
         extra_api_tokens=list(extra_api_tokens or []),
         every_env=dict(every_env or {}),

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -88,3 +91,53 @@ def test_streamed_replies_match_the_plain_ones(url: str) -> None:
         assert block.type == "tool_use" and block.name == "fetch_url"
         assert block.input == {"url": "https://allowed.example.test/a"}
     assert streamed.usage.output_tokens == plain.usage.output_tokens
+
+
+def test_the_arrivals_log_has_a_line_per_call_stamped_when_it_arrived(tmp_path: Path) -> None:
+    log = tmp_path / "arrivals.jsonl"
+    with log.open("a", encoding="utf-8") as sink:
+        server = ScriptedServer(("127.0.0.1", 0), delay_ms=300, arrivals=sink)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            client = anthropic.Anthropic(api_key="k", base_url=url, max_retries=0)
+            delegate = {"name": "delegate", "input_schema": {"type": "object"}}
+            run_python = {"name": "run_python", "input_schema": {"type": "object"}}
+            sent = time.time()
+            client.messages.create(
+                model="m",
+                max_tokens=100,
+                tools=[delegate],  # type: ignore[list-item]
+                messages=[{"role": "user", "content": "plan timeline 0 7"}],
+            )
+            answered = time.time()
+            client.messages.create(
+                model="m",
+                max_tokens=100,
+                tools=[run_python],  # type: ignore[list-item]
+                messages=[
+                    {"role": "user", "content": "Write and run a program for: timeline 0 7"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "t1", "name": "run_python", "input": {}}
+                        ],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                    },
+                ],
+            )
+            bad = httpx.post(f"{url}/v1/messages", content=b"{nope", headers={"x-api-key": "k"})
+            assert bad.status_code == 400
+        finally:
+            server.shutdown()
+            server.server_close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["script"], x["results"], x["subject"]) for x in lines] == [
+        ("orchestrator", 0, "plan timeline 0 7"),
+        ("coder", 1, "Write and run a program for: timeline 0 7"),
+    ]  # the unparseable request is not a call
+    # Stamped on arrival, before the model's 0.3 s: not when the reply went out.
+    assert sent <= lines[0]["at"] <= answered - 0.25

@@ -26,6 +26,12 @@ fail with a given status (429, 500, 529, ...), as the vendor's API does under lo
 ``GET /admin/stats`` counts calls. A request with ``"stream": true`` gets the same
 reply as server-sent events (message_start, content blocks with deltas, message_delta,
 message_stop), as the Messages API streams.
+
+``--arrivals FILE`` appends one JSON line per Messages-API request as it arrives:
+``{"at": <unix time>, "script": <role's script>, "results": <tool results so far>,
+"subject": <the first user text, shortened>}``. The time a loop's next call arrives
+is when that loop finished the work of its previous reply, so the lines show where a
+batch's seconds go (``python -m tests.bench.timeline`` reads them).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -210,19 +216,35 @@ def coder_script(task: str, results: list[str]) -> tuple[list[Block], str]:
     return [_text(f"{LABEL} Wrote main.py and ran it.\n{results[-1]}")], "end_turn"
 
 
-def reply_for(request: dict[str, Any]) -> tuple[list[Block], str]:
+def script_for(request: dict[str, Any]) -> str:
+    """Which script answers ``request``: orchestrator, mcp, coder, researcher or echo."""
     tools = {str(t.get("name")) for t in request.get("tools", []) if isinstance(t, dict)}
+    if "delegate" in tools:
+        return "orchestrator"
+    if mcp_directives(_first_user_text(request.get("messages", []))) and (
+        "run_python" in tools or "memory_store" in tools
+    ):
+        return "mcp"
+    if "run_python" in tools:
+        return "coder"
+    if "memory_store" in tools:
+        return "researcher"
+    return "echo"
+
+
+def reply_for(request: dict[str, Any]) -> tuple[list[Block], str]:
     messages = request.get("messages", [])
     task = _first_user_text(messages)
     results = _tool_results(messages)
-    if "delegate" in tools:
+    script = script_for(request)
+    if script == "orchestrator":
         return orchestrator_script(task, results)
-    directives = mcp_directives(task)
-    if directives and ("run_python" in tools or "memory_store" in tools):
-        return mcp_script(directives, results, tools)
-    if "run_python" in tools:
+    if script == "mcp":
+        tools = {str(t.get("name")) for t in request.get("tools", []) if isinstance(t, dict)}
+        return mcp_script(mcp_directives(task), results, tools)
+    if script == "coder":
         return coder_script(task, results)
-    if "memory_store" in tools:
+    if script == "researcher":
         return researcher_script(task, results)
     return [_text(f"{LABEL} {_subject(task)}")], "end_turn"
 
@@ -285,6 +307,7 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         self._error(HTTPStatus.NOT_FOUND, "not_found_error", f"no route {self.path}")
 
     def do_POST(self) -> None:
+        arrived = time.time()
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.path == "/admin/config":
@@ -308,6 +331,8 @@ class ScriptedHandler(BaseHTTPRequestHandler):
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             self._error(HTTPStatus.BAD_REQUEST, "invalid_request_error", "messages: field required")
             return
+        if self.server.arrivals is not None:
+            self.server.record_arrival(arrived, request)
         with self.server.lock:
             self.server.calls += 1
             fail_status = None
@@ -410,7 +435,9 @@ class ScriptedServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], delay_ms: int = 0) -> None:
+    def __init__(
+        self, address: tuple[str, int], delay_ms: int = 0, arrivals: TextIO | None = None
+    ) -> None:
         super().__init__(address, ScriptedHandler)
         self.delay_s = max(delay_ms, 0) / 1000
         self.calls = 0
@@ -418,6 +445,23 @@ class ScriptedServer(ThreadingHTTPServer):
         self.fail_remaining = 0
         self.fail_status = 529
         self.lock = threading.Lock()
+        self.arrivals = arrivals
+
+    def record_arrival(self, at: float, request: dict[str, Any]) -> None:
+        """One line of the ``--arrivals`` log for a Messages-API request."""
+        messages = request.get("messages", [])
+        line = json.dumps(
+            {
+                "at": at,
+                "script": script_for(request),
+                "results": len(_tool_results(messages)),
+                "subject": _subject(_first_user_text(messages), 200),
+            }
+        )
+        with self.lock:
+            if self.arrivals is not None:
+                self.arrivals.write(line + "\n")
+                self.arrivals.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,9 +473,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--delay-ms", type=int, default=int(os.environ.get("SCRIPTED_LLM_DELAY_MS", "0") or 0)
     )
+    parser.add_argument(
+        "--arrivals",
+        type=argparse.FileType("a", encoding="utf-8"),
+        help="append a JSON line per Messages-API request as it arrives",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    server = ScriptedServer((args.host, args.port), delay_ms=args.delay_ms)
+    server = ScriptedServer((args.host, args.port), delay_ms=args.delay_ms, arrivals=args.arrivals)
     print(
         json.dumps(
             {
@@ -449,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         server.server_close()
+        if args.arrivals is not None:
+            args.arrivals.close()
 
 
 if __name__ == "__main__":
