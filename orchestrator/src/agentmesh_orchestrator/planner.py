@@ -38,6 +38,7 @@ from agentmesh_shared.agent import (
     LoopLimitError,
     LoopState,
     StepRecord,
+    TaskLedger,
     Tool,
 )
 from agentmesh_shared.agent.loop import Message, final_text
@@ -305,10 +306,10 @@ class Planner:
                 deadline=deadline,
                 max_tokens=self.settings.llm_max_tokens,
                 llm_timeout_s=self.settings.llm_timeout_s,
-                budget=self.budget,
-                is_cancelled=lambda: bool(self.redis.exists(keys.cancel_flag(task_id))),
+                ledger=TaskLedger(
+                    self.redis, task_id, step_event=lambda step: self._step_event(task_id, step)
+                ),
                 on_checkpoint=lambda s: self._checkpoint(task_id, s),
-                on_step=lambda step: self._on_step(task_id, step),
                 agent_name="orchestrator",
             )
             return self._run_steps(record, state, loop, deadline)
@@ -325,8 +326,11 @@ class Planner:
     ) -> float | None:
         """Model calls and tool results until the task waits on subtasks or ends."""
         task_id = record.id
+        checked = False  # the model call just made read the cancel flag after its reply
         while True:
-            loop.check_cancelled()
+            if not checked:
+                loop.check_cancelled()
+            checked = False
             if state.pending_tool_uses():
                 results, next_at = self._collect(record, state, deadline)
                 if results is None:
@@ -340,6 +344,7 @@ class Planner:
             if not self.schedule.held(task_id):
                 raise LeaseLostError(task_id)
             loop.call_model(state)
+            checked = True
 
     def _conclude(self, task_id: str, text: str) -> None:
         record = self.store.get(task_id)
@@ -364,10 +369,9 @@ class Planner:
 
         self.store.update(task_id, apply)
 
-    def _on_step(self, task_id: str, step: StepRecord) -> None:
+    def _step_event(self, task_id: str, step: StepRecord) -> str:
         calls = ", ".join(step.tool_calls) or "final answer"
-        events.publish(
-            self.redis,
+        return events.encode(
             task_id,
             "task.step",
             f"planner step {step.step}: {calls}",

@@ -1,8 +1,10 @@
 """The token budget of one task, shared by every worker on every replica.
 
-The budget lives in Redis and is updated with Lua scripts so that concurrent
-subtasks on different hosts see one consistent figure. Each LLM call is checked
-before it starts: once the budget is spent no further call begins.
+The budget lives in a Redis hash (``limit`` and ``used``), charged with ``HINCRBY`` so
+that concurrent subtasks on different hosts see one consistent figure. Each model
+call is checked before it starts: once the budget is spent no further call begins.
+An agent loop reads and charges it in the pipelines of its
+:class:`~agentmesh_shared.agent.ledger.TaskLedger`.
 """
 
 from __future__ import annotations
@@ -22,27 +24,9 @@ class BudgetExceededError(RuntimeError):
         self.limit = limit
 
 
-_CHECK = """
-local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
-local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
-if limit == nil then return {-1, used} end
-return {limit, used}
-"""
-
-_CONSUME = """
-redis.call('HINCRBY', KEYS[1], 'used', ARGV[1])
-local limit = tonumber(redis.call('HGET', KEYS[1], 'limit'))
-local used = tonumber(redis.call('HGET', KEYS[1], 'used'))
-if limit == nil then return {-1, used} end
-return {limit, used}
-"""
-
-
 class TokenBudget:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._check = client.register_script(_CHECK)
-        self._consume = client.register_script(_CONSUME)
 
     def open(self, task_id: str, limit: int, ttl_s: int) -> None:
         """Create the budget if it does not exist yet (a resumed task keeps its spend)."""
@@ -53,21 +37,20 @@ class TokenBudget:
         pipe.expire(key, ttl_s)
         pipe.execute()
 
-    def ensure_available(self, task_id: str) -> int:
-        """Raise if the task's budget is spent; return the tokens left."""
-        limit, used = cast("list[int]", self._check(keys=[keys.budget(task_id)]))
-        if limit < 0:
-            return 2**31
-        if used >= limit:
-            raise BudgetExceededError(task_id, used, limit)
-        return limit - used
+    def queue_check(self, pipe: redis.client.Pipeline, task_id: str) -> None:
+        """Add the read :meth:`raise_if_spent` judges to ``pipe``."""
+        pipe.hmget(keys.budget(task_id), "limit", "used")
 
-    def consume(self, task_id: str, tokens: int) -> int:
-        """Record tokens spent; return the total used so far."""
-        _limit, used = cast(
-            "list[int]", self._consume(keys=[keys.budget(task_id)], args=[max(tokens, 0)])
-        )
-        return used
+    def raise_if_spent(self, task_id: str, reply: list[str | None]) -> int:
+        """Raise if the budget read by :meth:`queue_check` is spent; return the tokens
+        left (2**31 for a task without a budget)."""
+        limit, used = reply
+        if limit is None:
+            return 2**31
+        spent = int(used or 0)
+        if spent >= int(limit):
+            raise BudgetExceededError(task_id, spent, int(limit))
+        return int(limit) - spent
 
     def used(self, task_id: str) -> int:
         value = self._redis.hget(keys.budget(task_id), "used")

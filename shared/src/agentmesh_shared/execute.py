@@ -25,6 +25,7 @@ from agentmesh_shared.agent import (
     LoopLimitError,
     LoopState,
     StepRecord,
+    TaskLedger,
 )
 from agentmesh_shared.llm import LLMNotConfiguredError
 from agentmesh_shared.models import SubtaskMessage, SubtaskResult, Usage
@@ -150,9 +151,8 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
         return failed(str(err))
     session = agent.open_session(msg, runtime)
 
-    def on_step(record: StepRecord) -> None:
-        events.publish(
-            r,
+    def step_event(record: StepRecord) -> str:
+        return events.encode(
             msg.task_id,
             "subtask.step",
             f"{msg.role.value} step {record.step}: "
@@ -175,9 +175,7 @@ def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> Subta
         deadline=msg.deadline,
         max_tokens=runtime.settings.llm_max_tokens,
         llm_timeout_s=runtime.settings.llm_timeout_s,
-        budget=runtime.budget,
-        is_cancelled=lambda: bool(r.exists(keys.cancel_flag(msg.task_id))),
-        on_step=on_step,
+        ledger=TaskLedger(r, msg.task_id, step_event=step_event),
         agent_name=msg.role.value,
         on_progress=lambda: runtime.progress(msg.subtask_id),
     )

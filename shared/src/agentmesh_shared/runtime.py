@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agentmesh_shared.budget import TokenBudget
 from agentmesh_shared.handoff import Handoff
 from agentmesh_shared.llm import LLMNotConfiguredError, make_client
 from agentmesh_shared.mcp import McpHub, load_config, mcp_tools
@@ -79,10 +78,6 @@ class WorkerRuntime:
     @cached_property
     def handoff(self) -> Handoff:
         return Handoff(self.redis)
-
-    @cached_property
-    def budget(self) -> TokenBudget:
-        return TokenBudget(self.redis)
 
     @cached_property
     def llm(self) -> anthropic.Anthropic:

@@ -1,5 +1,6 @@
 """The agent loop: Claude tool use with typed tools, limits and checkpoints."""
 
+from agentmesh_shared.agent.ledger import TaskLedger
 from agentmesh_shared.agent.loop import (
     AgentLoop,
     CancelledError,
@@ -18,6 +19,7 @@ __all__ = [
     "LoopOutcome",
     "LoopState",
     "StepRecord",
+    "TaskLedger",
     "Tool",
     "ToolContext",
     "ToolError",

@@ -23,8 +23,8 @@ import anthropic
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from agentmesh_shared import metrics
+from agentmesh_shared.agent.ledger import TaskLedger
 from agentmesh_shared.agent.tools import AgentTool, ToolContext, ToolOutcome
-from agentmesh_shared.budget import BudgetExceededError, TokenBudget
 from agentmesh_shared.models import Usage
 from agentmesh_shared.telemetry import capture_content, inject, tracer
 from agentmesh_shared.turns import TURNS
@@ -44,6 +44,9 @@ class LoopLimitError(RuntimeError):
 
 class CancelledError(RuntimeError):
     """The task was cancelled while the loop ran."""
+
+
+CANCELLED = "the task was cancelled"
 
 
 @dataclass
@@ -104,8 +107,8 @@ class AgentLoop:
     max_tokens: int = 4096
     llm_timeout_s: float = 120.0
     subtask_id: str | None = None
-    budget: TokenBudget | None = None
-    is_cancelled: Callable[[], bool] | None = None
+    # The task's cancel flag, token budget and events (None: none of them).
+    ledger: TaskLedger | None = None
     on_checkpoint: Callable[[LoopState], None] | None = None
     on_step: Callable[[StepRecord], None] | None = None
     tool_extra: dict[str, Any] = field(default_factory=dict)
@@ -146,32 +149,41 @@ class AgentLoop:
             return outcome
 
     def _run(self, state: LoopState) -> LoopOutcome:
+        checked = False  # the cancel flag was read since the last model call's reply
         while True:
-            self.check_cancelled()
             if state.pending_tool_uses():
                 # Resumed between a model call and its tools: finish that step.
+                self.check_cancelled()
                 with self._step_span(state.steps):
                     self._tools_step(state)
                 continue
             if state.messages and state.messages[-1]["role"] == "assistant":
+                if not checked:
+                    self.check_cancelled()
                 return LoopOutcome(final_text(state.messages[-1]), state)
             with self._step_span(state.steps + 1):
-                self._call_model(state)
+                # The ledger reads the cancel flag before the call and after it.
+                cancelled = self._call_model(state)
                 self._checkpoint(state)
+                if cancelled:
+                    raise CancelledError(CANCELLED)
+                checked = True
                 if state.pending_tool_uses():
-                    self.check_cancelled()
                     self._tools_step(state)
+                    checked = False
 
     def call_model(self, state: LoopState) -> None:
         """One step's model call alone, for a caller that runs the tools itself.
 
         The planner does: its tool calls are delegations whose results arrive later,
-        in another planning step, perhaps on another replica.
+        in another planning step, perhaps on another replica. Raises
+        :class:`CancelledError` if the task was cancelled before the call or during it.
         """
-        self.check_cancelled()
         with self._step_span(state.steps + 1):
-            self._call_model(state)
+            cancelled = self._call_model(state)
             self._checkpoint(state)
+        if cancelled:
+            raise CancelledError(CANCELLED)
 
     def _step_span(self, step: int) -> AbstractContextManager[Span]:
         return _tracer.start_as_current_span(
@@ -191,18 +203,20 @@ class AgentLoop:
         if self.on_progress is not None:
             self.on_progress()
 
-    def _call_model(self, state: LoopState) -> None:
+    def _call_model(self, state: LoopState) -> bool:
+        """One model call; whether the task was cancelled meanwhile (the ledger's
+        read after the call)."""
         self._progress()
+        cancelled, spent = self.ledger.before_call() if self.ledger else (False, None)
+        if cancelled:
+            raise CancelledError(CANCELLED)
         if state.steps >= self.max_steps:
             raise LoopLimitError("max_steps", f"{state.steps} of {self.max_steps} steps used")
         remaining = self.deadline - time.time()
         if remaining <= 0:
             raise LoopLimitError("timeout", "the wall-clock limit passed")
-        if self.budget is not None:
-            try:
-                self.budget.ensure_available(self.task_id)
-            except BudgetExceededError as err:
-                raise LoopLimitError("token_budget", str(err)) from err
+        if spent is not None:
+            raise LoopLimitError("token_budget", str(spent)) from spent
         started = time.monotonic()
         with _tracer.start_as_current_span(
             f"chat {self.model}",
@@ -255,24 +269,23 @@ class AgentLoop:
         self._progress()
         state.steps += 1
         state.usage = state.usage + usage
-        if self.budget is not None:
-            self.budget.consume(self.task_id, usage.total)
         content = [block.model_dump(mode="json", exclude_none=True) for block in response.content]
         for block in content:
             if block.get("type") == "text":
                 block.pop("citations", None)
         state.messages.append({"role": "assistant", "content": content})
+        record = StepRecord(
+            step=state.steps,
+            stop_reason=response.stop_reason,
+            usage=usage,
+            tool_calls=tuple(b["name"] for b in content if b.get("type") == "tool_use"),
+            duration_s=time.monotonic() - started,
+            model=response.model,
+        )
+        cancelled = self.ledger.after_call(record) if self.ledger is not None else False
         if self.on_step is not None:
-            self.on_step(
-                StepRecord(
-                    step=state.steps,
-                    stop_reason=response.stop_reason,
-                    usage=usage,
-                    tool_calls=tuple(b["name"] for b in content if b.get("type") == "tool_use"),
-                    duration_s=time.monotonic() - started,
-                    model=response.model,
-                )
-            )
+            self.on_step(record)
+        return cancelled
 
     # -- tools ------------------------------------------------------------------------
     def _run_tools(self, calls: list[Message], state: LoopState) -> list[Message]:
@@ -333,9 +346,8 @@ class AgentLoop:
             self.on_checkpoint(state)
 
     def check_cancelled(self) -> None:
-        if self.is_cancelled is not None and self.is_cancelled():
-            msg = "the task was cancelled"
-            raise CancelledError(msg)
+        if self.ledger is not None and self.ledger.cancelled():
+            raise CancelledError(CANCELLED)
 
 
 def final_text(message: Message) -> str:
