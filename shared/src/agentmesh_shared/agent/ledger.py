@@ -3,12 +3,12 @@
 Before a call a loop must know that its task is not cancelled and that the task's
 token budget is not spent; after it, the tokens are charged to the budget, the step
 goes to the task's events, and a cancellation that arrived meanwhile must stop the
-loop before it runs the call's tools. Each of those is a Redis command of its own,
-five round trips a call. A :class:`TaskLedger` sends the ones before a call as one
-pipeline and the ones after it as another: two round trips a call, the same
-commands. (No transaction is needed: each command is atomic on its own, and the
-budget's limit is checked before a call, as it always was, not enforced between
-concurrent calls of one task.)
+loop before it runs the call's tools. Each of those was a round trip of its own (two
+of them Lua scripts), five a call. A :class:`TaskLedger` sends the reads before a
+call as one pipeline and the writes after it, with the cancel read, as another: two
+round trips a call. (No transaction is needed: each command is atomic on its own,
+and the budget's limit is checked before a call, as it always was, not enforced
+between concurrent calls of one task.)
 """
 
 from __future__ import annotations
