@@ -43,15 +43,6 @@ def r(tmp_path: Path) -> Iterator[redis.Redis]:
         yield client
 
 
-@pytest.fixture
-def scripted() -> Iterator[ScriptedServer]:
-    server = ScriptedServer(("127.0.0.1", 0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 class DelegateArgs(BaseModel):
     role: str
     instruction: str

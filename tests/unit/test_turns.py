@@ -83,15 +83,6 @@ def test_a_turn_is_reentrant_and_a_released_wait_is_anothers_turn() -> None:
 
 
 @pytest.fixture
-def scripted() -> Iterator[ScriptedServer]:
-    server = ScriptedServer(("127.0.0.1", 0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def one_turn() -> Iterator[None]:
     slots = TURNS.slots
     TURNS.configure(1)
