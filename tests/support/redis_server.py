@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -40,3 +41,24 @@ def redis_server(root: Path) -> Iterator[redis.Redis]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class CountedConnection(redis.Connection):
+    """A connection that counts what it sends to the server: one write a round trip."""
+
+    writes = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).writes += 1
+        super().send_packed_command(command, check_health)
+
+
+def counted_client(r: redis.Redis) -> redis.Redis:
+    """A client of the same server as ``r`` whose round trips
+    :class:`CountedConnection` counts."""
+    port = r.connection_pool.connection_kwargs["port"]
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=CountedConnection, port=port, decode_responses=True
+        )
+    )

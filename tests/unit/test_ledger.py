@@ -32,7 +32,7 @@ from agentmesh_shared.llm.scripted_server import ScriptedServer
 from agentmesh_shared.models import Usage
 from pydantic import BaseModel
 
-from tests.support.redis_server import redis_server
+from tests.support.redis_server import CountedConnection, counted_client, redis_server
 
 TASK = "t-ledger"
 
@@ -76,34 +76,19 @@ def _steps(r: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(f["event"]) for _, f in r.xrange(keys.task_events(TASK))]
 
 
-class _Counted(redis.Connection):
-    """A connection that counts what it sends to the server: one write a round trip."""
-
-    writes = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).writes += 1
-        super().send_packed_command(command, check_health)
-
-
 def test_a_call_reads_before_and_writes_after_in_one_round_trip_each(r: redis.Redis) -> None:
-    port = r.connection_pool.connection_kwargs["port"]
-    counted = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=_Counted, port=port, decode_responses=True
-        )
-    )
+    counted = counted_client(r)
     TokenBudget(r).open(TASK, limit=1000, ttl_s=60)
     ledger = TaskLedger(counted, TASK, step_event=_event)
     counted.ping()
-    _Counted.writes = 0
+    CountedConnection.writes = 0
     assert ledger.before_call() == (False, None)
-    assert _Counted.writes == 1
+    assert CountedConnection.writes == 1
     step = StepRecord(
         1, "tool_use", Usage(input_tokens=400, output_tokens=0), ("delegate",), 0.1, "m"
     )
     assert ledger.after_call(step) is False
-    assert _Counted.writes == 2
+    assert CountedConnection.writes == 2
     assert r.hget(keys.budget(TASK), "used") == "400"
     assert [e["message"] for e in _steps(r)] == ["step 1"]
     # Spent: the check says so (the loop raises it after its own limits).

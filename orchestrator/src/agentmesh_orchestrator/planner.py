@@ -247,6 +247,7 @@ class Planner:
             except Exception:
                 log.exception("could not record the failure of task %s; retrying", task_id)
         finally:
+            self.store.forget(task_id)
             with self._guard:
                 self._stepping.discard(task_id)
         try:
@@ -256,7 +257,8 @@ class Planner:
 
     def step(self, claim: Claim) -> float | None:
         """One planning step of a claimed task; returns when to look again, None when done."""
-        record = self.store.get(claim.task_id)
+        # The step writes the record from the version it reads here (see TaskStore).
+        record = self.store.get(claim.task_id, remember=True)
         if record is None or record.status.terminal:
             return None
         if claim.taken_over_from:
@@ -283,13 +285,18 @@ class Planner:
         task_id = record.id
         limits = record.limits
         deadline = record.created_at + limits.timeout_s
-        if record.status is TaskStatus.QUEUED:
+        first = record.status is TaskStatus.QUEUED
+        if first:
             self.budget.open(
                 task_id, limits.token_budget, ttl_s=int(limits.timeout_s) + keys.RETENTION_S
             )
-            self.store.update(task_id, lambda r: setattr(r, "status", TaskStatus.RUNNING))
-            events.publish(self.redis, task_id, "task.running", "planning started")
-        checkpoint = self.store.load_checkpoint(task_id)
+            self.store.update(
+                task_id,
+                lambda r: setattr(r, "status", TaskStatus.RUNNING),
+                events=[events.encode(task_id, "task.running", "planning started")],
+            )
+        # A queued task has no checkpoint: its first is written after this step's call.
+        checkpoint = None if first else self.store.load_checkpoint(task_id)
         state = (
             LoopState.from_dict(json.loads(checkpoint))
             if checkpoint
@@ -328,7 +335,10 @@ class Planner:
         task_id = record.id
         checked = False  # the model call just made read the cancel flag after its reply
         while True:
-            if not checked:
+            # A model call reads the cancel flag itself (the ledger), before and after.
+            if not checked and (
+                state.pending_tool_uses() or state.messages[-1]["role"] == "assistant"
+            ):
                 loop.check_cancelled()
             checked = False
             if state.pending_tool_uses():
@@ -361,13 +371,12 @@ class Planner:
         self._finish(task_id, TaskStatus.SUCCEEDED, result=text, note=note)
 
     def _checkpoint(self, task_id: str, state: LoopState) -> None:
-        self.store.save_checkpoint(task_id, json.dumps(state.to_dict()))
-
         def apply(r: TaskRecord) -> None:
             r.steps = state.steps
             r.usage = state.usage + sum((s.usage for s in r.subtasks), Usage())
 
-        self.store.update(task_id, apply)
+        # The checkpoint and the record's steps and usage, in one step.
+        self.store.update(task_id, apply, checkpoint=json.dumps(state.to_dict()))
 
     def _step_event(self, task_id: str, step: StepRecord) -> str:
         calls = ", ".join(step.tool_calls) or "final answer"
@@ -555,7 +564,18 @@ class Planner:
                 if m.subtask_id not in present
             )
 
-        self.store.update(task_id, add)
+        # Recorded with their events before they are sent: a worker's "started" comes
+        # after them in the task's events.
+        queued = [
+            events.encode(
+                task_id,
+                "subtask.queued",
+                f"delegated {m.role.value} subtask {m.subtask_id}",
+                subtask_id=m.subtask_id,
+            )
+            for m in messages
+        ]
+        self.store.update(task_id, add, events=queued)
         sent_at: dict[str, dict[str, Any]] = {}
         for message in messages:
             with _tracer.start_as_current_span(
@@ -567,13 +587,6 @@ class Planner:
             ):
                 self._send(message)
             sent_at[message.subtask_id] = {"dispatched_at": time.time()}
-            events.publish(
-                self.redis,
-                task_id,
-                "subtask.queued",
-                f"delegated {message.role.value} subtask {message.subtask_id}",
-                subtask_id=message.subtask_id,
-            )
         return self._apply_subtask_changes(task_id, sent_at).subtasks
 
     def _send(self, message: SubtaskMessage) -> None:

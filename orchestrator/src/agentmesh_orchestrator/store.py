@@ -5,16 +5,24 @@ workers report through the hand-off. An update is still a guarded read-modify-wr
 (compare and swap), so a replica that lost its lease while it paused cannot overwrite a
 newer record without noticing. Creation admits a task only while fewer than the
 configured number of tasks are unfinished, checked and recorded atomically.
+
+A store remembers the last version of a record it wrote (or read to change it) until
+the caller forgets it, and swaps against that: an update is one round trip, and a
+swap that finds the record changed meanwhile answers with the current version to
+retry on. The comparison is with the stored text itself, so a version remembered
+too long costs a retry, never a lost write. An update may carry the task's events
+and its checkpoint, written in the same step as the record.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
 from agentmesh_shared import events, handoff, keys
+from agentmesh_shared.events import MAX_EVENTS
 from agentmesh_shared.models import TaskRecord, TaskStatus
 
 ACTIVE = keys.ACTIVE_TASKS
@@ -38,13 +46,23 @@ return -1
 )
 
 
-# KEYS: record, active; ARGV: expected json, new json, terminal (0/1), id.
+# KEYS: record, active, events, checkpoint; ARGV: expected json, new json, terminal
+# (0/1), id, events kept, checkpoint ('' for none), checkpoint ttl, then the events.
+# Returns {1} when swapped, else {0, the stored json or nil}.
 _SWAP = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return {0, current} end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[4]) end
-return 1
+if ARGV[6] ~= '' then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7]) end
+for i = 8, #ARGV do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[i])
+end
+return {1}
 """
+# Records a store remembers at most; past it, it forgets them all (a caller that
+# never forgets costs round trips, not memory).
+REMEMBERED_MAX = 4096
 
 
 class AdmissionRefusedError(Exception):
@@ -65,6 +83,8 @@ class TaskStore:
         self.redis = client
         self._admit = client.register_script(_ADMIT)
         self._swap = client.register_script(_SWAP)
+        # task id -> the record's stored json as this store last wrote or read it
+        self._known: dict[str, str] = {}
 
     def create(
         self, record: TaskRecord, idempotency: str | None = None, *, limit: int
@@ -102,7 +122,7 @@ class TaskStore:
                         record.created_at,
                         limit,
                         events.encode(record.id, "task.queued", "task accepted"),
-                        events.MAX_EVENTS,
+                        MAX_EVENTS,
                         handoff.DOORBELL_MAX,
                     ],
                 ),
@@ -151,27 +171,71 @@ class TaskStore:
         pipe.execute()
         return stored - len(doomed)
 
-    def get(self, task_id: str) -> TaskRecord | None:
+    def get(self, task_id: str, *, remember: bool = False) -> TaskRecord | None:
+        """The stored record; ``remember``: keep its version for the next update."""
         raw = cast("str | None", self.redis.get(keys.task(task_id)))
-        return TaskRecord.model_validate_json(raw) if raw else None
+        if raw is None:
+            return None
+        if remember:
+            self._remember(task_id, raw)
+        return TaskRecord.model_validate_json(raw)
 
-    def update(self, task_id: str, change: Callable[[TaskRecord], Any]) -> TaskRecord:
-        """Apply ``change`` to the stored record; retried if the record changed meanwhile."""
+    def update(
+        self,
+        task_id: str,
+        change: Callable[[TaskRecord], Any],
+        *,
+        events: Sequence[str] = (),
+        checkpoint: str | None = None,
+    ) -> TaskRecord:
+        """Apply ``change`` to the stored record; retried if the record changed meanwhile.
+
+        ``events`` (:func:`agentmesh_shared.events.encode`) are appended to the task's
+        events and ``checkpoint`` replaces its checkpoint in the same step as the record,
+        once: ``change`` may run more than once, the writes happen with the last run.
+        """
         key = keys.task(task_id)
-        while True:
+        raw = self._known.get(task_id)
+        if raw is None:
             raw = cast("str | None", self.redis.get(key))
+        while True:
             if raw is None:
+                self.forget(task_id)
                 msg = f"unknown task {task_id}"
                 raise KeyError(msg)
             record = TaskRecord.model_validate_json(raw)
             change(record)
             record.updated_at = time.time()
-            swapped = self._swap(
-                keys=[key, ACTIVE],
-                args=[raw, record.model_dump_json(), int(record.status.terminal), task_id],
+            new = record.model_dump_json()
+            reply = cast(
+                "list[Any]",
+                self._swap(
+                    keys=[key, ACTIVE, keys.task_events(task_id), keys.checkpoint(task_id)],
+                    args=[
+                        raw,
+                        new,
+                        int(record.status.terminal),
+                        task_id,
+                        MAX_EVENTS,
+                        "" if checkpoint is None else checkpoint,
+                        keys.RETENTION_S,
+                        *events,
+                    ],
+                ),
             )
-            if swapped:
+            if int(reply[0]) == 1:
+                self._remember(task_id, new)
                 return record
+            raw = cast("str | None", reply[1] if len(reply) > 1 else None)
+
+    def forget(self, task_id: str) -> None:
+        """Stop remembering the record's version (the caller's writes to it are done)."""
+        self._known.pop(task_id, None)
+
+    def _remember(self, task_id: str, raw: str) -> None:
+        if len(self._known) >= REMEMBERED_MAX and task_id not in self._known:
+            self._known.clear()
+        self._known[task_id] = raw
 
     def recent(self, limit: int = 50, status: TaskStatus | None = None) -> list[TaskRecord]:
         ids = cast("list[str]", self.redis.zrevrange(keys.TASK_INDEX, 0, max(limit * 4, limit) - 1))
