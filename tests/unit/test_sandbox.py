@@ -309,6 +309,44 @@ def test_threads_and_subprocesses_work_up_to_the_limit(sandbox: Sandbox) -> None
     assert (r.exit_code, r.stdout) == (0, "42\n"), r.stderr
 
 
+def test_the_process_limit_counts_every_thread_of_the_uid() -> None:
+    """A run's RLIMIT_NPROC is what the uid already runs plus the run's own allowance,
+    so the count must see threads as the kernel does (each one counts)."""
+    uid = os.getuid()
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(12)]
+    before = supervisor.tasks_of_uid(uid)
+    for t in threads:
+        t.start()
+    try:
+        during = supervisor.tasks_of_uid(uid)
+        listed = sum(
+            _threads(pid) for pid in os.listdir("/proc") if pid.isdigit() and _owner(pid) == uid
+        )
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    # Other processes of the uid may start or end threads meanwhile: a margin, but
+    # this process's twelve are counted, one by one, and the count is the threads'.
+    assert during - before >= 12 - 2
+    assert abs(during - listed) <= 4
+
+
+def _owner(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:  # gone meanwhile
+        return None
+
+
+def _threads(pid: str) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def test_memory_file_size_and_output_are_limited(sandbox: Sandbox) -> None:
     r = run(sandbox, "x = bytearray(400 * 1024 * 1024)\n")
     assert r.exit_code != 0 and "MemoryError" in r.stderr

@@ -225,8 +225,10 @@ def tasks_of_uid(uid: int) -> int:
                 continue
             try:
                 if entry.stat(follow_symlinks=False).st_uid == uid:
-                    # scandir, not pathlib: this runs for every run, over every process.
-                    count += len(os.listdir(f"/proc/{entry.name}/task"))  # noqa: PTH208
+                    # A /proc/<pid>/task directory's link count is 2 + its threads:
+                    # one stat, where listing it made an entry per thread (every run
+                    # does this, over every process). os, not pathlib, for the same.
+                    count += os.stat(f"/proc/{entry.name}/task").st_nlink - 2  # noqa: PTH116
             except OSError:  # gone meanwhile
                 continue
     return count
