@@ -12,6 +12,7 @@ from agentmesh_shared import events, keys
 from agentmesh_shared.handoff import (
     RESULT_TTL_S,
     Handoff,
+    Start,
     awaited_key,
     lease_key,
     result_key,
@@ -27,7 +28,7 @@ from agentmesh_shared.models import (
     Usage,
 )
 
-from tests.support.redis_server import redis_server
+from tests.support.redis_server import CountedConnection, counted_client, redis_server
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def _result(subtask_id: str, worker: str, output: str) -> SubtaskResult:
 
 
 EVENT = events.encode("t1", "subtask.succeeded", "researcher-1 succeeded")
+STARTED = events.encode("t1", "subtask.started", "a researcher started")
 
 
 def _record(*subtask_ids: str) -> TaskRecord:
@@ -115,7 +117,7 @@ def test_results_that_arrived_while_the_step_ran_wake_the_task_when_it_ends(
 def test_a_reader_sees_a_result_before_the_planner_records_it(r: redis.Redis) -> None:
     handoff = Handoff(r)
     handoff.await_results("t1", ["t1-a", "t1-b"])
-    handoff.mark_started("t1-b", "researcher-2", lease_ttl_s=5)
+    handoff.start("t1", "t1-b", "researcher-2", 5, STARTED)
     handoff.publish(_result("t1-a", "researcher-1", "found it"), EVENT)
     record = _record("t1-a", "t1-b")
     handoff.progress([record])
@@ -135,7 +137,7 @@ def test_a_start_is_seen_with_its_lease_and_wakes_nobody(r: redis.Redis) -> None
     handoff = Handoff(r)
     later = time.time() + 60
     r.zadd(keys.PLAN_DUE, {"t1": later})
-    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=5)
+    handoff.start("t1", "t1-a", "researcher-1", 5, STARTED)
     view = handoff.snapshot(["t1-a"])["t1-a"]
     assert view.result is None and view.leased
     assert view.started is not None and view.started.worker == "researcher-1"
@@ -154,10 +156,11 @@ def test_a_start_is_seen_with_its_lease_and_wakes_nobody(r: redis.Redis) -> None
 
 def test_the_first_result_wins_and_ends_the_lease(r: redis.Redis) -> None:
     handoff = Handoff(r)
-    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=5)
+    handoff.start("t1", "t1-a", "researcher-1", 5, STARTED)
     assert handoff.publish(_result("t1-a", "researcher-1", "first"), EVENT)
     assert not handoff.publish(_result("t1-a", "researcher-2", "second"), EVENT)
-    assert r.xlen(keys.task_events("t1")) == 2  # each delivery reported what it did
+    # The start, and each delivery reporting what it did.
+    assert r.xlen(keys.task_events("t1")) == 3
     view = handoff.snapshot(["t1-a"])["t1-a"]
     assert view.result is not None and view.result.output == "first"
     assert not view.leased and not r.exists(lease_key("t1-a"))
@@ -166,7 +169,7 @@ def test_the_first_result_wins_and_ends_the_lease(r: redis.Redis) -> None:
 
 def test_a_lapsed_lease_shows_and_a_resend_forgets_the_start(r: redis.Redis) -> None:
     handoff = Handoff(r)
-    handoff.mark_started("t1-a", "researcher-1", lease_ttl_s=0.2)
+    handoff.start("t1", "t1-a", "researcher-1", 0.2, STARTED)
     handoff.renew(["t1-a"], "researcher-1", lease_ttl_s=0.2)
     time.sleep(0.4)  # the worker is gone: nobody renews
     view = handoff.snapshot(["t1-a"])["t1-a"]
@@ -185,3 +188,22 @@ def test_a_wake_never_postpones_a_step_already_due(r: redis.Redis) -> None:
     for _ in range(200):
         handoff.wake("t1")
     assert r.llen(keys.PLAN_DOORBELL) <= 64  # the doorbell stays small
+
+
+def test_a_start_is_one_round_trip_and_leaves_a_finished_subtask_alone(r: redis.Redis) -> None:
+    handoff = Handoff(counted_client(r))
+    handoff.start("t1", "t1-a", "researcher-1", 5, STARTED)  # loads the script
+    CountedConnection.writes = 0
+    assert handoff.start("t1", "t1-b", "researcher-2", 5, STARTED) is Start.STARTED
+    assert CountedConnection.writes == 1
+    view = handoff.snapshot(["t1-b"])["t1-b"]
+    assert view.started is not None and view.started.worker == "researcher-2" and view.leased
+    assert [e.message for e in events.read(r, "t1")] == ["a researcher started"] * 2
+    # A redelivery of a subtask with a result writes nothing.
+    handoff.publish(_result("t1-a", "researcher-1", "found it"), EVENT)
+    r.delete(lease_key("t1-a"))
+    assert handoff.start("t1", "t1-a", "researcher-3", 5, STARTED) is Start.DONE
+    assert not r.exists(lease_key("t1-a"))
+    first = handoff.snapshot(["t1-a"])["t1-a"].started
+    assert first is not None and first.worker == "researcher-1"
+    assert len(events.read(r, "t1")) == 3

@@ -139,7 +139,13 @@ def test_results_continue_the_task_to_its_synthesis(planner: Planner, r: redis.R
     assert record is not None
     handoff = Handoff(r)
     researcher, coder = record.subtasks
-    handoff.mark_started(researcher.id, "researcher-1", lease_ttl_s=30)
+    handoff.start(
+        task_id,
+        researcher.id,
+        "researcher-1",
+        30,
+        events.encode(task_id, "subtask.started", "started"),
+    )
     _step(planner, task_id)
     record = planner.store.get(task_id)
     assert record is not None and record.subtasks[0].status is TaskStatus.RUNNING
@@ -176,7 +182,13 @@ def test_a_subtask_whose_worker_stopped_renewing_is_sent_again(
     record = planner.store.get(task_id)
     assert record is not None
     researcher = record.subtasks[0]
-    Handoff(r).mark_started(researcher.id, "researcher-1", lease_ttl_s=0.2)
+    Handoff(r).start(
+        task_id,
+        researcher.id,
+        "researcher-1",
+        0.2,
+        events.encode(task_id, "subtask.started", "started"),
+    )
     time.sleep(0.4)  # the worker died: its lease lapsed without a result
     _step(planner, task_id)
     assert _queued(r, "research") == 2
@@ -238,7 +250,13 @@ def test_a_start_shows_to_readers_at_once_and_costs_no_planning_step(
     record = planner.store.get(task_id)
     assert record is not None
     researcher, coder = record.subtasks
-    Handoff(r).mark_started(researcher.id, "researcher-7", lease_ttl_s=30)
+    Handoff(r).start(
+        task_id,
+        researcher.id,
+        "researcher-7",
+        30,
+        events.encode(task_id, "subtask.started", "started"),
+    )
     assert r.zscore(keys.PLAN_DUE, task_id) == due_before  # no step was queued for it
     stored = planner.store.get(task_id)
     assert stored is not None and stored.subtasks[0].status is TaskStatus.QUEUED

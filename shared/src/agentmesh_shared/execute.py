@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from pydantic import ValidationError
 
-from agentmesh_shared import deadletter, events, keys, metrics
+from agentmesh_shared import deadletter, events, metrics
 from agentmesh_shared.agent import (
     AgentLoop,
     CancelledError,
@@ -27,6 +27,7 @@ from agentmesh_shared.agent import (
     StepRecord,
     TaskLedger,
 )
+from agentmesh_shared.handoff import Start
 from agentmesh_shared.llm import LLMNotConfiguredError
 from agentmesh_shared.models import SubtaskMessage, SubtaskResult, Usage
 from agentmesh_shared.runtime import ActiveSubtask, RoleAgent, RoleSession, WorkerRuntime
@@ -42,7 +43,21 @@ def execute_subtask(
     msg = _validated(runtime, args, kwargs)
     if msg is None:
         return
-    if runtime.handoff.has_result(msg.subtask_id):
+    started = time.time()
+    begun = runtime.handoff.start(
+        msg.task_id,
+        msg.subtask_id,
+        runtime.hostname,
+        runtime.lease_ttl_s,
+        events.encode(
+            msg.task_id,
+            "subtask.started",
+            f"{msg.role.value} {runtime.hostname} started subtask {msg.subtask_id}",
+            subtask_id=msg.subtask_id,
+            worker=runtime.hostname,
+        ),
+    )
+    if begun is Start.DONE:
         log.warning("subtask %s already has a result; redelivery absorbed", msg.subtask_id)
         runtime.handoff.wake(msg.task_id)
         return
@@ -59,7 +74,7 @@ def execute_subtask(
         # The loop's CPU work in one of the process's turns; it gives the turn up
         # while it waits on the model and on its tools (agentmesh_shared.turns).
         with TURNS.turn():
-            result = _run(runtime, agent, msg)
+            result = _run(runtime, agent, msg, started)
             publish(runtime, result)
     finally:
         runtime.leave(msg)
@@ -125,26 +140,15 @@ def _validated(
     return msg
 
 
-def _run(runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage) -> SubtaskResult:
-    started = time.time()
+def _run(
+    runtime: WorkerRuntime, agent: RoleAgent, msg: SubtaskMessage, started: float
+) -> SubtaskResult:
     r = runtime.redis
-    runtime.handoff.mark_started(msg.subtask_id, runtime.hostname, runtime.lease_ttl_s)
-    events.publish(
-        r,
-        msg.task_id,
-        "subtask.started",
-        f"{msg.role.value} {runtime.hostname} started subtask {msg.subtask_id}",
-        subtask_id=msg.subtask_id,
-        worker=runtime.hostname,
-    )
-
     state = LoopState(messages=[{"role": "user", "content": msg.instruction}])
 
     def failed(reason: str, artifacts: dict[str, Any] | None = None) -> SubtaskResult:
         return failed_result(runtime, msg, started, reason, state=state, artifacts=artifacts)
 
-    if r.exists(keys.cancel_flag(msg.task_id)):
-        return failed("the task was cancelled")
     try:
         llm = runtime.llm
     except LLMNotConfiguredError as err:

@@ -1,7 +1,8 @@
 """The subtask hand-off between the planner and the workers: the one owner of its state.
 
-A worker marks a subtask started, renews a lease on it while its loop runs, and
-publishes its result (first result wins, so a subtask that ran twice is reported
+A worker starts a subtask (one step: unless it has a result already, it is marked
+started, leased and its "subtask.started" event appended), renews the lease while
+its loop runs, and publishes its result (first result wins, so a subtask that ran twice is reported
 once) with its "subtask.<status>" event, in one atomic step.
 
 The result that completes a planning step wakes the task's planner: the task is put
@@ -24,6 +25,7 @@ Key names and the time results are kept live here and nowhere else.
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -73,6 +75,19 @@ return 0
 """
 )
 
+# KEYS: result, started, lease, events; ARGV: started json, ttl s, worker, lease ms,
+# event, events kept. A subtask with a result is left alone ('done': a redelivery);
+# else it is marked started and leased, and its event appended. (The task's cancel
+# flag is not read here: a worker may only read it, and a script's keys are all
+# writable to it. The loop's first model call reads it.)
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[5])
+return 'started'
+"""
+
 # KEYS: awaited, due, doorbell, then the result key of each subtask; ARGV: task id,
 # now, doorbell length, ttl s, then the subtask ids in KEYS' order. Replaces the list
 # of awaited subtasks with those that have no result yet; when none is left (the
@@ -114,6 +129,13 @@ def awaited_key(task_id: str) -> str:
 
 # Every key of one subtask's hand-off (what expiring a task deletes).
 SUBTASK_KEYS = (result_key, started_key, lease_key)
+
+
+class Start(enum.Enum):
+    """What :meth:`Handoff.start` found."""
+
+    STARTED = "started"
+    DONE = "done"  # it has a result already (a redelivery): nothing was written
 
 
 @dataclass(frozen=True)
@@ -159,28 +181,39 @@ class Handoff:
 
     def __post_init__(self) -> None:
         self._wake = self.redis.register_script(_WAKE)
+        self._start = self.redis.register_script(_START)
         self._publish = self.redis.register_script(_PUBLISH)
         self._await = self.redis.register_script(_AWAIT)
 
     # -- the worker's side ------------------------------------------------------------
-    def mark_started(self, subtask_id: str, worker: str, lease_ttl_s: float) -> None:
-        pipe = self.redis.pipeline()
-        pipe.set(
-            started_key(subtask_id),
-            json.dumps({"worker": worker, "at": time.time()}),
-            ex=RESULT_TTL_S,
+    def start(
+        self, task_id: str, subtask_id: str, worker: str, lease_ttl_s: float, event: str
+    ) -> Start:
+        """Begin a subtask on ``worker``, in one round trip: unless it has a result,
+        mark it started, lease it and append ``event`` (:func:`events.encode`)."""
+        reply = self._start(
+            keys=[
+                result_key(subtask_id),
+                started_key(subtask_id),
+                lease_key(subtask_id),
+                keys.task_events(task_id),
+            ],
+            args=[
+                json.dumps({"worker": worker, "at": time.time()}),
+                RESULT_TTL_S,
+                worker,
+                int(lease_ttl_s * 1000),
+                event,
+                events.MAX_EVENTS,
+            ],
         )
-        pipe.set(lease_key(subtask_id), worker, px=int(lease_ttl_s * 1000))
-        pipe.execute()
+        return Start(reply.decode() if isinstance(reply, bytes) else reply)
 
     def renew(self, subtask_ids: Iterable[str], worker: str, lease_ttl_s: float) -> None:
         pipe = self.redis.pipeline()
         for subtask_id in subtask_ids:
             pipe.set(lease_key(subtask_id), worker, px=int(lease_ttl_s * 1000))
         pipe.execute()
-
-    def has_result(self, subtask_id: str) -> bool:
-        return bool(self.redis.exists(result_key(subtask_id)))
 
     def publish(self, result: SubtaskResult, event: str) -> bool:
         """Store the result unless one is there already, and append ``event`` (an
