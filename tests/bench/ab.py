@@ -9,7 +9,9 @@ and one planner, 1 s model calls) and sends batches to them alternately (A, B, B
     python -m tests.bench.ab --reps 4 --a AGENTMESH_GIL_SWITCH_INTERVAL_MS=0.1 --b ""
 
 ``--a``/``--b`` are comma-separated ``NAME=value`` environment settings given to every
-process of that side's mesh. To compare two versions of the code, point one side's
+process of that side's mesh. ``--planners-a``/``--planners-b`` set how many planner
+processes a side runs besides the API replica, and ``--api-only-a``/``--api-only-b``
+make that side's API replica leave planning to them. To compare two versions of the code, point one side's
 ``PYTHONPATH`` at a worktree's source folders, e.g.
 ``--b PYTHONPATH=/tmp/base/shared/src:/tmp/base/orchestrator/src:...`` after
 ``git worktree add /tmp/base <commit>``.
@@ -37,26 +39,49 @@ def _settings(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in pairs)
 
 
-def _start(stack: ExitStack, root: Path, side_env: dict[str, str], n: int) -> LocalMesh:
+def _start(
+    stack: ExitStack,
+    root: Path,
+    side_env: dict[str, str],
+    n: int,
+    planners: int,
+    api_only: bool,
+) -> LocalMesh:
     root.mkdir()
-    return stack.enter_context(effective_mesh(root, n, every_env=side_env))
+    return stack.enter_context(
+        effective_mesh(root, n, planners=planners, every_env=side_env, api_plans=not api_only)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", type=_settings, default={}, help="NAME=value,... of side A")
     parser.add_argument("--b", type=_settings, default={}, help="NAME=value,... of side B")
+    for side in ("a", "b"):
+        parser.add_argument(f"--planners-{side}", type=int, default=1, help="planner processes")
+        parser.add_argument(
+            f"--api-only-{side}", action="store_true", help="the API replica does not plan"
+        )
     parser.add_argument("--reps", type=int, default=4, help="batches per side")
     parser.add_argument("--tasks", type=int, default=100, help="tasks per batch (N)")
     args = parser.parse_args()
     if args.reps < 1 or args.tasks < 1:
         parser.error("--reps and --tasks must be at least 1")
+    for side in ("a", "b"):
+        planners, api_only = getattr(args, f"planners_{side}"), getattr(args, f"api_only_{side}")
+        if planners < 0 or (api_only and planners < 1):
+            parser.error(f"side {side.upper()} would have no planning replica")
     sides = {"A": args.a, "B": args.b}
+    shapes = {
+        "A": (args.planners_a, args.api_only_a),
+        "B": (args.planners_b, args.api_only_b),
+    }
     ratios: dict[str, list[float]] = {"A": [], "B": []}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="agentmesh-ab-") as tmp, ExitStack() as stack:
         meshes = {
-            name: _start(stack, Path(tmp) / name, env, args.tasks) for name, env in sides.items()
+            name: _start(stack, Path(tmp) / name, env, args.tasks, *shapes[name])
+            for name, env in sides.items()
         }
         for rep in range(args.reps):
             for name in ("A", "B") if rep % 2 == 0 else ("B", "A"):
@@ -74,11 +99,16 @@ def main() -> None:
                 )
                 time.sleep(2)
     for name, env in sides.items():
+        label = f"{name} {env or '(as is)'} {shape(*shapes[name])}"
         print(
-            f"{name} {env or '(as is)'}: median ratio {statistics.median(ratios[name]):.3f} "
+            f"{label}: median ratio {statistics.median(ratios[name]):.3f} "
             f"(lowest {min(ratios[name]):.3f}, highest {max(ratios[name]):.3f}), "
             f"median {statistics.median(cpu[name]):.0f} ms of CPU a task"
         )
+
+
+def shape(planners: int, api_only: bool) -> str:
+    return f"[{'API only' if api_only else 'API planning'} + {planners} planner(s)]"
 
 
 if __name__ == "__main__":

@@ -150,10 +150,12 @@ def effective_mesh(
     planners: int = 1,
     every_env: dict[str, str] | None = None,
     llm_arrivals: Path | None = None,
+    api_plans: bool = True,
 ) -> Iterator[LocalMesh]:
     """The effective-concurrency set-up, warmed up: 2 researchers and 2 coders with
-    loops for ``n`` tasks at once, the API replica (planning too) and ``planners``
-    planner processes, model calls of ``delay_ms`` (logged to ``llm_arrivals``)."""
+    loops for ``n`` tasks at once, the API replica (planning too, unless not
+    ``api_plans``) and ``planners`` planner processes, model calls of ``delay_ms``
+    (logged to ``llm_arrivals``)."""
     loops = str(max(32, n // 2 + 8))
     with local_mesh(
         root,
@@ -165,7 +167,9 @@ def effective_mesh(
         every_env=every_env,
     ) as mesh:
         mesh.procs.pop("orchestrator").stop()
-        mesh.start_orchestrator(**PATIENT)
+        mesh.start_orchestrator(
+            **PATIENT, **({} if api_plans else {"AGENTMESH_PLANNER_CONCURRENCY": "0"})
+        )
         for _ in range(2):
             mesh.start_worker("researcher", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
             mesh.start_worker("coder", AGENTMESH_WORKER_CONCURRENCY=loops, **PATIENT)
