@@ -12,11 +12,13 @@ loop and gevent would monkey-patch every library we load.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -105,6 +107,34 @@ class Heartbeat(threading.Thread):
             log.exception("could not deregister the worker")
 
 
+def start_pool_threads(pool: Any, timeout_s: float = 10.0) -> int:
+    """Start every thread of Celery's threads pool now, before the first subtasks.
+
+    Its ``ThreadPoolExecutor`` makes a thread per submitted subtask until it has
+    ``--concurrency`` of them, and ``Thread.start`` waits until the new thread runs:
+    on the consumer's thread, in the middle of a burst, while the burst's other
+    messages wait. A new replica's first burst of 50 subtasks so started its loops up
+    to 0.75 s late (the second burst: within 0.02 s). Every thread waits at one
+    barrier until all have started, so each submission makes a new one. Returns how
+    many threads the pool has.
+    """
+    executor = getattr(pool, "executor", None)
+    if not isinstance(executor, ThreadPoolExecutor):
+        return 0
+    count = int(getattr(pool, "limit", 0) or 0)
+    gate = threading.Barrier(count + 1, timeout=timeout_s)
+
+    def wait_for_all() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            gate.wait()
+
+    for _ in range(count):
+        executor.submit(wait_for_all)
+    with contextlib.suppress(threading.BrokenBarrierError):
+        gate.wait()
+    return len(executor._threads)  # the executor keeps no public count
+
+
 def build_app(runtime: WorkerRuntime, agent: RoleAgent) -> Celery:
     app = create_celery_app(
         runtime.settings, name=f"agentmesh-{runtime.role.value}", consumer=runtime.role
@@ -177,6 +207,12 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
     app = build_app(runtime, agent)
     heartbeat = Heartbeat(runtime)
     signals.worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+    signals.worker_ready.connect(
+        lambda sender=None, **_: log.info(
+            "%d loop threads started", start_pool_threads(getattr(sender, "pool", None))
+        ),
+        weak=False,
+    )
     signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
     signals.worker_shutdown.connect(lambda **_: telemetry.shutdown_telemetry(), weak=False)
     args = [
