@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from agentmesh_shared.worker import start_pool_threads
 from celery.concurrency.thread import TaskPool
@@ -26,3 +27,21 @@ def test_every_thread_of_the_pool_is_started_before_the_first_subtask() -> None:
 def test_a_pool_without_threads_is_left_as_it_is() -> None:
     assert start_pool_threads(object()) == 0
     assert start_pool_threads(None) == 0
+
+
+def test_a_subtask_already_running_is_not_waited_for() -> None:
+    """worker_ready comes once the consumer consumes: a backlog may be running already."""
+    pool = TaskPool(limit=4)
+    busy = threading.Event()
+    try:
+        pool.on_apply(busy.wait, args=(10,), kwargs={})
+        started = time.monotonic()
+        assert start_pool_threads(pool) == 4
+        # The consumer's thread was not held, and a new subtask runs at once.
+        assert time.monotonic() - started < 2
+        ran = threading.Event()
+        pool.on_apply(ran.set, args=(), kwargs={})
+        assert ran.wait(2)
+    finally:
+        busy.set()
+        pool.on_stop()

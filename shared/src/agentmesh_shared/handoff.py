@@ -2,8 +2,8 @@
 
 A worker starts a subtask (one step: unless it has a result already, it is marked
 started, leased and its "subtask.started" event appended), renews the lease while
-its loop runs, and publishes its result (first result wins, so a subtask that ran twice is reported
-once) with its "subtask.<status>" event, in one atomic step.
+its loop runs, and publishes its result (first result wins, so a subtask that ran
+twice is reported once) with its "subtask.<status>" event, in one atomic step.
 
 The result that completes a planning step wakes the task's planner: the task is put
 back on the planning schedule (:data:`keys.PLAN_DUE`), so the step that waits for

@@ -12,7 +12,6 @@ loop and gevent would monkey-patch every library we load.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -107,31 +106,28 @@ class Heartbeat(threading.Thread):
             log.exception("could not deregister the worker")
 
 
-def start_pool_threads(pool: Any, timeout_s: float = 10.0) -> int:
+def start_pool_threads(pool: Any, hold_s: float = 10.0) -> int:
     """Start every thread of Celery's threads pool now, before the first subtasks.
 
     Its ``ThreadPoolExecutor`` makes a thread per submitted subtask until it has
     ``--concurrency`` of them, and ``Thread.start`` waits until the new thread runs:
     on the consumer's thread, in the middle of a burst, while the burst's other
     messages wait. A new replica's first burst of 50 subtasks so started its loops up
-    to 0.75 s late (the second burst: within 0.02 s). Every thread waits at one
-    barrier until all have started, so each submission makes a new one. Returns how
-    many threads the pool has.
+    to 0.75 s late (the second burst: within 0.02 s). Here each submission holds its
+    thread until all are made (``submit`` makes them before it returns), so none
+    finds an idle thread to reuse; then all are let go. Subtasks already running are
+    not waited for: submissions past the free threads queue behind them and end at
+    once when they run. Returns how many threads the pool has.
     """
     executor = getattr(pool, "executor", None)
     if not isinstance(executor, ThreadPoolExecutor):
         return 0
-    count = int(getattr(pool, "limit", 0) or 0)
-    gate = threading.Barrier(count + 1, timeout=timeout_s)
-
-    def wait_for_all() -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            gate.wait()
-
-    for _ in range(count):
-        executor.submit(wait_for_all)
-    with contextlib.suppress(threading.BrokenBarrierError):
-        gate.wait()
+    made = threading.Event()
+    try:
+        for _ in range(int(getattr(pool, "limit", 0) or 0)):
+            executor.submit(made.wait, hold_s)
+    finally:
+        made.set()
     return len(executor._threads)  # the executor keeps no public count
 
 
