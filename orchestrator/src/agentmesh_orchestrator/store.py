@@ -291,9 +291,6 @@ class TaskStore:
     def active_count(self) -> int:
         return self.redis.scard(ACTIVE)
 
-    # -- checkpoints ------------------------------------------------------------------
-    def save_checkpoint(self, task_id: str, payload: str) -> None:
-        self.redis.set(keys.checkpoint(task_id), payload, ex=keys.RETENTION_S)
-
+    # -- checkpoints (written by ``update``, with the record) --------------------------
     def load_checkpoint(self, task_id: str) -> str | None:
         return cast("str | None", self.redis.get(keys.checkpoint(task_id)))
