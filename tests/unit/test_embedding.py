@@ -375,7 +375,7 @@ def test_no_integer_product_can_saturate_on_any_cpu() -> None:
     word = stored.pop("embeddings.word_embeddings.weight")
     graph = onnx.load_from_string(build_encoder_graph(stored, word, quantize=True))
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
-    products = [n for n in graph.graph.node if n.op_type == "MatMulInteger"]
+    products = [n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"]
     assert len(products) == 24
     for node in products:
         q = weights[node.input[1]]
