@@ -28,7 +28,10 @@ measured back to back on the same machine:
   tool, one of each in turn (tests/bench/mcp.py); the ratio is the MCP hop's cost.
 
 ``--figures`` picks which to run (default all); each figure also becomes a PNG in
-build/bench/, and the whole result is written to build/bench/results.json.
+build/bench/, and the whole result is written to build/bench/results.json. The result
+starts with the host (tests/bench/host.py): its CPU model, vector extensions and a
+fixed Python workload's time, at the start and at the end, so that runs on different
+machines are not compared as if they were one.
 
 Not a figure but the tool to explain one: ``python -m tests.bench.timeline`` runs the
 effective-concurrency set-up and shows, round by round, where a batch's seconds went
@@ -47,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench import planning, plots
+from tests.bench import host, planning, plots
 from tests.bench.dashboard import bench_dashboard
 from tests.bench.images import ROOT, bench_images
 from tests.bench.loops import bench_loops
@@ -297,7 +300,8 @@ def main() -> None:
     unknown = wanted - set(FIGURES)
     if unknown:
         parser.error(f"unknown figures {sorted(unknown)}; choose from {', '.join(FIGURES)}")
-    results: dict[str, Any] = {}
+    # The machine, first: figures of runs on different hosts are not comparable.
+    results: dict[str, Any] = {"host": host.describe()}
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
         root = Path(tmp)
         if "dispatch" in wanted:
@@ -349,6 +353,7 @@ def main() -> None:
             results["images"] = results["startup"] = (
                 "skipped: no build/images.env (run make images)"
             )
+    results["host"]["python_ms_at_end"] = host.python_ms()
     plots.OUT.mkdir(parents=True, exist_ok=True)
     (plots.OUT / "results.json").write_text(json.dumps(results, indent=2))
     shown = {
