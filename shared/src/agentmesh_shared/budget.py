@@ -9,8 +9,6 @@ An agent loop reads and charges it in the pipelines of its
 
 from __future__ import annotations
 
-from typing import cast
-
 import redis
 
 from agentmesh_shared import keys
@@ -51,7 +49,3 @@ class TokenBudget:
         if spent >= int(limit):
             raise BudgetExceededError(task_id, spent, int(limit))
         return int(limit) - spent
-
-    def used(self, task_id: str) -> int:
-        value = self._redis.hget(keys.budget(task_id), "used")
-        return int(cast("str", value)) if value is not None else 0
