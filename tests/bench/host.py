@@ -1,12 +1,12 @@
 """The machine a benchmark ran on, so figures from different runs can be compared.
 
-The mesh's throughput figures are CPU-bound, and this workplace's machines are not
-all alike: the same code has measured ~100 ms of mesh CPU a task at N = 100 on one
-host and ~140 on another (an AVX2-only one, where the embedding's integer products
-also lack VNNI). A run's figures are ratios measured within it; across runs, the
-host's CPU model, its vector extensions and ``python_ms`` (a fixed pure-Python
-workload, the fastest of several timings: the least disturbed) say whether two runs were on comparable
-machines.
+The mesh's throughput figures are CPU-bound, and the machines it is measured on are
+not all alike: the same code has measured ~100 ms of mesh CPU a task at N = 100 on
+one host and ~140 on another (an AVX2-only one, where the embedding's integer
+products also lack VNNI). A run's figures are ratios measured within it; across
+runs, the host's CPU model, its vector extensions and ``python_ms`` (a fixed
+pure-Python workload, the fastest of several timings: the least disturbed) say
+whether two runs were on comparable machines.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or "unknown", set()
+    """The first CPU's model name and flags (Linux), or the platform's processor."""
+    model, flags = "", set()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return model, flags
+        text = ""
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model in ("unknown", "", platform.machine()):
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and not model:
+            model = value
+        elif key == "flags" and not flags:
             flags = set(value.split())
-    return model, flags
+    return model or platform.processor() or "unknown", flags
 
 
 def _python_workload() -> None:

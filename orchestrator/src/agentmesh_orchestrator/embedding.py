@@ -114,9 +114,10 @@ def build_encoder_graph(
     layer's states, pooled by the caller. With ``quantize``, the weights of the 24
     dense layers (Q/K/V fused, attention output, FFN in and out: 98 % of the
     arithmetic) are int8 with one scale per output column, the activations are
-    quantized per token on the fly, and ``MatMulIntegerToFloat`` multiplies them (VNNI dot
-    products where the CPU has them). Everything else (embeddings, LayerNorm,
-    attention scores, softmax, GELU) stays float32.
+    quantized per token on the fly, and ``MatMulIntegerToFloat`` multiplies them
+    (VNNI dot products where the CPU has them) and applies the columns' scales.
+    Everything else (embeddings, LayerNorm, attention scores, softmax, GELU) stays
+    float32.
     """
     nodes: list[NodeProto] = []
     inits: list[TensorProto] = []
