@@ -63,21 +63,32 @@ def container_of(mesh: ComposeMesh, role: str, hostname: str) -> str:
 
 
 def running_on(
-    mesh: ComposeMesh, task_id: str, role: str, timeout: float = 90, *, or_done: bool = False
+    mesh: ComposeMesh,
+    task_ids: str | list[str],
+    role: str,
+    timeout: float = 90,
+    *,
+    or_done: bool = False,
 ) -> str:
-    """The worker running a ``role`` subtask of the task; with ``or_done``, also one
-    that has already finished it (a subtask of a few seconds can start and end
-    between two polls on a busy machine: seen once in a full e2e run)."""
+    """The worker running a ``role`` subtask of the task (or of any of the tasks); with
+    ``or_done``, also one that has already finished it (a subtask of a few seconds can
+    start and end between two polls on a busy machine: seen once in a full e2e run).
+    Given a batch, it looks at every task of it: each submit through the CLI is a
+    ``compose exec`` of seconds on a busy machine, so the first task's subtask may be
+    over by the time the last is submitted (seen once in CI)."""
+    ids = [task_ids] if isinstance(task_ids, str) else task_ids
     deadline = time.monotonic() + timeout
-    record: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        record = status(mesh, task_id)
-        for sub in record["subtasks"]:
-            started = sub["status"] == "running" or (or_done and sub["status"] == "succeeded")
-            if sub["role"] == role and started and sub["worker"]:
-                return str(sub["worker"])
+        records = [status(mesh, task_id) for task_id in ids]
+        for record in records:
+            for sub in record["subtasks"]:
+                done = or_done and sub["status"] == "succeeded"
+                started = sub["status"] == "running" or done
+                if sub["role"] == role and started and sub["worker"]:
+                    return str(sub["worker"])
         time.sleep(0.2)
-    raise AssertionError(f"no {role} started on {task_id}: {record}")
+    raise AssertionError(f"no {role} started on {ids}: {records}")
 
 
 def test_one_trace_across_containers_is_read_back_from_the_collector(
@@ -110,7 +121,7 @@ def test_a_killed_researcher_container_loses_no_task(compose_mesh: ComposeMesh) 
     set_llm(compose_mesh, delay_ms=1500)
     try:
         ids = [submit(compose_mesh, f"kill batch {i}") for i in range(4)]
-        victim = running_on(compose_mesh, ids[0], "researcher")
+        victim = running_on(compose_mesh, ids, "researcher")
         subprocess.run(
             ["docker", "kill", container_of(compose_mesh, "researcher", victim)],
             check=True,
