@@ -147,8 +147,9 @@ def build_encoder_graph(
         peak = op("ReduceMax", op("Abs", x), axes=[-1], keepdims=1)
         row_scale = op("Div", op("Max", peak, tiny), i8_max)
         xq = op("QuantizeLinear", op("Div", x, row_scale), one, u8_zero)
-        # (u8 - 128) @ q as float, times each column's scale, in one kernel: a third of
-        # the nodes of MatMulInteger, two Casts and a Mul, and the same numbers.
+        # (u8 - 128) @ q as float, times each column's scale, in one kernel where
+        # MatMulInteger, a Cast and a Mul were three (QuantizeLinear replaces the Cast
+        # to uint8 that came before them): the same numbers.
         y = op(
             "MatMulIntegerToFloat",
             xq,
