@@ -35,7 +35,8 @@ machines are not compared as if they were one.
 
 Not a figure but the tool to explain one: ``python -m tests.bench.timeline`` runs the
 effective-concurrency set-up and shows, round by round, where a batch's seconds went
-and which process used the CPU meanwhile.
+and which process used the CPU meanwhile; ``python -m tests.bench.profile`` shows which
+libraries of each process spend a batch's CPU (a yappi profile of every process).
 """
 
 from __future__ import annotations
