@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.bench.planning import effective_mesh, run_batch
+from tests.bench.planning import effective_mesh, mesh_cpu_by_process, run_batch
 from tests.support.mesh import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,11 @@ def profile(tasks: int, out: Path) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="agentmesh-profile-") as tmp,
         effective_mesh(Path(tmp), tasks, every_env=every_env) as mesh,
     ):
+        before = mesh_cpu_by_process(mesh)
         real = run_batch(mesh, tasks, "unprofiled")
+        after = mesh_cpu_by_process(mesh)
+        # Each process's own CPU milliseconds a task (its session's children included).
+        own_ms = {name: (after[name] - before.get(name, 0.0)) * 1000 / tasks for name in after}
         print(f"unprofiled: {json.dumps(real)}", file=sys.stderr, flush=True)
         pids = {p.pid: name for name, p in mesh.procs.items() if p.alive()}
         (out / "start").touch()
@@ -125,12 +129,11 @@ def profile(tasks: int, out: Path) -> dict[str, Any]:
         with (out / f"{name}.txt").open("w") as text:
             stats.stream = text  # type: ignore[attr-defined]
             stats.sort_stats("cumulative").print_stats(40)
-        ms = real["cpu_ms_per_task"].get(role_of(name))
+        ms = own_ms.get(name)
         if ms is None:
             continue
-        replicas = sum(1 for n in pids.values() if role_of(n) == role_of(name))
         for library, share in shares(stats).items():
-            by_role[role_of(name)][library] += ms * share / replicas
+            by_role[role_of(name)][library] += ms * share
     result = {
         "tasks": tasks,
         "unprofiled": real,
