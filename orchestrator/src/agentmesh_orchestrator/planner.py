@@ -213,8 +213,13 @@ class Planner:
             except redis.RedisError:
                 log.warning("could not renew planning leases", exc_info=True)
                 continue
-            for lost in set(mine) - held:
-                log.warning("lost the planning lease of task %s", lost)
+            lost = set(mine) - held
+            with self._guard:
+                # A step that ended meanwhile left _stepping before it released its
+                # lease (_step_in_turn): its lease is gone because it is done, not lost.
+                lost &= self._stepping
+            for task_id in lost:
+                log.warning("lost the planning lease of task %s", task_id)
 
     # -- one step -------------------------------------------------------------------------
     def _step_guarded(self, claim: Claim) -> None:
