@@ -84,6 +84,12 @@ def mesh_cpu_s(mesh: LocalMesh) -> float:
     return sum(mesh_cpu_by_process(mesh).values())
 
 
+def role_of(name: str) -> str:
+    """``researcher-3`` -> ``researcher``: replicas of one role are summed."""
+    head, _, tail = name.rpartition("-")
+    return head if tail.isdigit() else name
+
+
 def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dict[str, Any]:
     """Submit ``n`` tasks at once and wait for every one; wall time, CPU, outcome."""
     r = mesh.redis()
@@ -116,8 +122,8 @@ def run_batch(mesh: LocalMesh, n: int, label: str, timeout: float = 1800) -> dic
     # CPU milliseconds per task of each process (replicas of one role summed).
     per_task_ms: dict[str, float] = {}
     for name, after in by_process.items():
-        role = name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
         spent = after - by_process_before.get(name, after)
+        role = role_of(name)
         per_task_ms[role] = per_task_ms.get(role, 0.0) + spent * 1000 / n
     statuses: dict[str, int] = {}
     last_end = start

@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.bench.planning import effective_mesh, mesh_cpu_by_process, run_batch
+from tests.bench.planning import effective_mesh, mesh_cpu_by_process, role_of, run_batch
 from tests.support.mesh import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,18 +87,12 @@ def shares(stats: pstats.Stats) -> dict[str, float]:
     return {k: v / whole for k, v in sorted(by_library.items(), key=lambda kv: -kv[1])}
 
 
-def role_of(name: str) -> str:
-    """``researcher-3`` -> ``researcher``: replicas of one role are summed."""
-    head, _, tail = name.rpartition("-")
-    return head if tail.isdigit() else name
-
-
 def profile(tasks: int, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stale = [*out.glob("*.pstat"), *out.glob("*.armed"), *out.glob("*.txt")]
     for old in [*stale, out / "start", out / "stop"]:
         old.unlink(missing_ok=True)
-    python_path = os.pathsep.join(p for p in [str(HOOK), str(ROOT)] if p)
+    python_path = os.pathsep.join([str(HOOK), str(ROOT)])
     every_env = {"PYTHONPATH": python_path, "AGENTMESH_BENCH_PROFILE_DIR": str(out)}
     with (
         tempfile.TemporaryDirectory(prefix="agentmesh-profile-") as tmp,

@@ -16,6 +16,7 @@ import anthropic
 import pytest
 import redis
 from agentmesh_orchestrator.planner import Planner
+from agentmesh_orchestrator.planner import log as planner_log
 from agentmesh_orchestrator.schedule import Claim
 from agentmesh_orchestrator.store import TaskStore
 from agentmesh_shared import events, keys
@@ -265,3 +266,25 @@ def test_a_start_shows_to_readers_at_once_and_costs_no_planning_step(
     assert shown.subtasks[0].status is TaskStatus.RUNNING
     assert shown.subtasks[0].worker == "researcher-7" and shown.subtasks[0].started_at
     assert shown.subtasks[1].status is TaskStatus.QUEUED and shown.subtasks[1].id == coder.id
+
+
+def test_only_a_lease_another_replica_took_is_reported_lost(
+    planner: Planner, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of the steps read as running before a renewal, one ended meanwhile (it released
+    its lease) and one's lease another replica took: only the second is lost."""
+    ended, taken, running = (_submit(planner, f"task {n}") for n in range(3))
+    for task_id in (ended, taken, running):
+        r.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
+        assert planner.schedule.claim(task_id) is not None
+        planner._stepping.add(task_id)
+    mine = sorted(planner._stepping)
+    # What _step_in_turn does at a step's end: leave _stepping, then release.
+    planner._stepping.discard(ended)
+    assert planner.schedule.release(ended, None)
+    r.set(keys.task_lease(taken), "planner-b")
+    with caplog.at_level("WARNING", logger=planner_log.name):
+        assert planner.renew_leases(mine) == {taken}
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+    assert warnings == [f"lost the planning lease of task {taken}"]
+    assert planner.schedule.held(running)

@@ -209,17 +209,22 @@ class Planner:
             with self._guard:
                 mine = list(self._stepping)
             try:
-                held = self.schedule.renew(mine)
+                self.renew_leases(mine)
             except redis.RedisError:
                 log.warning("could not renew planning leases", exc_info=True)
-                continue
-            lost = set(mine) - held
-            with self._guard:
-                # A step that ended meanwhile left _stepping before it released its
-                # lease (_step_in_turn): its lease is gone because it is done, not lost.
-                lost &= self._stepping
-            for task_id in lost:
-                log.warning("lost the planning lease of task %s", task_id)
+
+    def renew_leases(self, mine: list[str]) -> set[str]:
+        """Renew the leases of the steps ``mine`` (those running when it was read);
+        the tasks whose lease another replica holds now, each with a warning."""
+        held = self.schedule.renew(mine)
+        lost = set(mine) - held
+        with self._guard:
+            # A step that ended meanwhile left _stepping before it released its
+            # lease (_step_in_turn): its lease is gone because it is done, not lost.
+            lost &= self._stepping
+        for task_id in lost:
+            log.warning("lost the planning lease of task %s", task_id)
+        return lost
 
     # -- one step -------------------------------------------------------------------------
     def _step_guarded(self, claim: Claim) -> None:
