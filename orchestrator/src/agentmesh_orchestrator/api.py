@@ -18,6 +18,7 @@ import httpx
 import redis
 from agentmesh_shared import deadletter, events, keys, metrics, telemetry
 from agentmesh_shared.handoff import Handoff
+from agentmesh_shared.heap import freeze_startup_heap
 from agentmesh_shared.llm import ModelStatus
 from agentmesh_shared.models import (
     TaskEvent,
@@ -67,6 +68,7 @@ def create_app(services: Services, *, start_planner: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_planner:
             await run_in_threadpool(services.planner.start)
+        freeze_startup_heap()
         yield
         if start_planner:
             services.planner.shutdown()

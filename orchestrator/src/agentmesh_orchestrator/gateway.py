@@ -31,6 +31,7 @@ from urllib.request import proxy_bypass
 import httpx
 import redis.asyncio as aioredis
 from agentmesh_shared import keys, telemetry
+from agentmesh_shared.heap import freeze_startup_heap
 from agentmesh_shared.llm.client import NOT_CONFIGURED
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import Role
@@ -389,7 +390,9 @@ def main() -> None:
             "callers": sorted(set(gateway.credentials.values())),
         },
     )
-    serve(create_app(gateway), settings.gateway_host, settings.gateway_port)
+    app = create_app(gateway)
+    freeze_startup_heap()
+    serve(app, settings.gateway_host, settings.gateway_port)
     telemetry.shutdown_telemetry()
 
 

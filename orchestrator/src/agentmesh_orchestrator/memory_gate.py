@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
+from agentmesh_shared.heap import freeze_startup_heap
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.memory import MemoryClientError, MemoryHit, MemoryUnavailableError
 from agentmesh_shared.memory.client import MetadataValue
@@ -155,6 +156,7 @@ def create_gate(settings: Settings) -> ASGIApp:
             stores(settings.memory_collection).heartbeat()
 
         await run_in_threadpool(warm_up)
+        freeze_startup_heap()
         yield
 
     app = FastAPI(

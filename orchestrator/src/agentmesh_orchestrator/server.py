@@ -8,6 +8,7 @@ import threading
 
 from agentmesh_shared import metrics
 from agentmesh_shared.health import beat
+from agentmesh_shared.heap import freeze_startup_heap
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.models import Role
 from agentmesh_shared.settings import settings_or_exit
@@ -32,6 +33,7 @@ def run_planner() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     services.planner.start()
+    freeze_startup_heap()
     beat(services.settings.heartbeat_file)
     while not stop.wait(services.settings.heartbeat_interval_s):
         try:

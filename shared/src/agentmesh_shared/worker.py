@@ -30,6 +30,7 @@ from agentmesh_shared import deadletter, keys, metrics, telemetry
 from agentmesh_shared.celery_app import create_celery_app
 from agentmesh_shared.execute import execute_subtask, fail_stalled
 from agentmesh_shared.health import beat
+from agentmesh_shared.heap import freeze_startup_heap
 from agentmesh_shared.logs import setup_logging
 from agentmesh_shared.mcp import McpConfigError
 from agentmesh_shared.models import TASK_NAME_BY_ROLE
@@ -209,6 +210,8 @@ def run_worker(agent: RoleAgent, argv: Sequence[str] | None = None) -> None:
         ),
         weak=False,
     )
+    # Connected after the loop threads' start: the heap is the worker's whole set-up.
+    signals.worker_ready.connect(lambda **_: freeze_startup_heap(), weak=False)
     signals.worker_shutdown.connect(lambda **_: heartbeat.stop(), weak=False)
     signals.worker_shutdown.connect(lambda **_: telemetry.shutdown_telemetry(), weak=False)
     args = [

@@ -51,6 +51,8 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentmesh_shared.heap import freeze_startup_heap
+
 LABEL = "[scripted model]"
 log = logging.getLogger("agentmesh.scripted_llm")
 
@@ -492,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         flush=True,
     )
+    freeze_startup_heap()
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
