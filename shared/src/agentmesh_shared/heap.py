@@ -3,9 +3,9 @@
 Each service builds most of its objects once, at start: every imported module's
 functions and classes, the SDK's and pydantic's schemas, Celery's app, the
 embedding model's tokenizer. CPython's collector walks all of them again at every
-full (oldest-generation) collection; in a busy worker one took a quarter of a
-second of CPU, holding the GIL, so every loop of the process stood still meanwhile,
-a few times a batch. ``gc.freeze`` moves the objects alive now into a permanent
+full (oldest-generation) collection; in a busy worker those took ~0.25 s of CPU
+in a batch of 100 tasks, holding the GIL, so every loop of the process stood still
+meanwhile. ``gc.freeze`` moves the objects alive now into a permanent
 generation that collections skip: what the service allocates afterwards is
 collected as before, the start-up objects are still freed by reference counting,
 and only reference cycles among them that become garbage later stay in memory.
