@@ -2,7 +2,7 @@
 
 It uses the real Celery app factory and the real hand-off (result publication that
 wakes the task), and the round trip ends the way a planner replica sees a result: its
-doorbell rings, it looks up the due tasks, claims the task on the planning schedule,
+doorbell rings, it claims the due task on the planning schedule (one round trip),
 reads the result and releases the task. So ``make bench`` compares that whole path with raw Celery.
 """
 
@@ -53,11 +53,11 @@ def round_trip(redis_url: str, subtask_id: str) -> None:
     task_id = f"task-{subtask_id}"
     p.client.zadd(keys.PLAN_DUE, {task_id: time.time() + 600})  # a task waiting on its subtask
     p.app.send_task(NAME, args=[subtask_id], queue=QUEUE)
-    # As an idle planner replica: sleep on the doorbell, look up what is due, claim it,
-    # read its subtask's result, end the step.
+    # As an idle planner replica: sleep on the doorbell, claim what is due (only this
+    # task is), read its subtask's result, end the step.
     while True:
         p.schedule.wait_for_work(1)
-        if task_id not in p.schedule.due(8) or p.schedule.claim(task_id) is None:
+        if not [c for c in p.schedule.claim_due(8) if c.task_id == task_id]:
             continue
         if p.handoff.snapshot([subtask_id])[subtask_id].result is not None:
             p.schedule.release(task_id, None)

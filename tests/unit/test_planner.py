@@ -80,8 +80,8 @@ def _submit(planner: Planner, text: str = "plan me") -> str:
 def _step(planner: Planner, task_id: str) -> float | None:
     """Claim the task as the planning loop would, run one step, release it."""
     planner.redis.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
-    claim = planner.schedule.claim(task_id)
-    assert claim is not None
+    [claim] = planner.schedule.claim_due(1)
+    assert claim.task_id == task_id
     next_at = planner.step(claim)
     assert planner.schedule.release(task_id, next_at)
     return next_at
@@ -233,8 +233,8 @@ def test_a_step_of_a_replica_that_lost_its_lease_sends_nothing(
 ) -> None:
     task_id = _submit(planner)
     r.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
-    claim = planner.schedule.claim(task_id)
-    assert claim is not None
+    [claim] = planner.schedule.claim_due(1)
+    assert claim.task_id == task_id
     r.set(keys.task_lease(task_id), "planner-b")  # taken over while this one paused
     planner._step_guarded(Claim(task_id, None))
     assert _queued(r, "research") == 0 and _queued(r, "code") == 0
@@ -276,7 +276,7 @@ def test_only_a_lease_another_replica_took_is_reported_lost(
     ended, taken, running = (_submit(planner, f"task {n}") for n in range(3))
     for task_id in (ended, taken, running):
         r.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
-        assert planner.schedule.claim(task_id) is not None
+        assert planner.schedule.claim_due(1) == [Claim(task_id, None)]
         planner._stepping.add(task_id)
     mine = sorted(planner._stepping)
     # What _step_in_turn does at a step's end: leave _stepping, then release.
@@ -288,3 +288,21 @@ def test_only_a_lease_another_replica_took_is_reported_lost(
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
     assert warnings == [f"lost the planning lease of task {taken}"]
     assert planner.schedule.held(running)
+
+
+def test_a_task_whose_step_still_runs_here_is_not_stepped_twice(
+    planner: Planner, r: redis.Redis
+) -> None:
+    """The lease of a step this replica still runs lapsed (a stall longer than the
+    lease) and the task fell due: claiming it again renews the lease for the running
+    step and starts no second one."""
+    task_id = _submit(planner)
+    r.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
+    assert planner.schedule.claim_due(1) == [Claim(task_id, None)]
+    planner._stepping.add(task_id)  # its step runs (and stalls)
+    r.delete(keys.task_lease(task_id))
+    r.zadd(keys.PLAN_DUE, {task_id: time.time() - 1})
+    assert planner.claim_due() == 0
+    assert planner.schedule.held(task_id)
+    assert planner._stepping == {task_id}
+    assert (r.zscore(keys.PLAN_DUE, task_id) or 0) > time.time()

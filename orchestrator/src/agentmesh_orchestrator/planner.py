@@ -187,21 +187,19 @@ class Planner:
         if free <= 0:
             self._stop.wait(0.05)
             return -1
-        claimed = 0
-        for task_id in self.schedule.due(free * 4 + 8):
-            if claimed >= free:
-                break
+        claims = self.schedule.claim_due(free, look_at=free * 4 + 8)
+        started = 0
+        for claim in claims:
             with self._guard:
-                if task_id in self._stepping:
+                # Its lease lapsed while this replica still runs its step (a stall
+                # longer than the lease): the claim renewed it for that step, and the
+                # step's end sets the next look.
+                if claim.task_id in self._stepping:
                     continue
-            claim = self.schedule.claim(task_id)
-            if claim is None:
-                continue
-            with self._guard:
-                self._stepping.add(task_id)
+                self._stepping.add(claim.task_id)
             self._executor.submit(self._step_guarded, claim)
-            claimed += 1
-        return claimed
+            started += 1
+        return started
 
     def _renew_loop(self) -> None:
         interval = self.settings.plan_lease_s / 3

@@ -1,8 +1,9 @@
 """The planning schedule: which task needs a planning step, and who is running it.
 
 Every unfinished task has an entry in one sorted set (:data:`keys.PLAN_DUE`) scored
-by when its next step is due. Any planner replica claims a due task by taking its
-lease (``SET NX PX``); claiming also moves the entry one lease period ahead, so a
+by when its next step is due. Any planner replica claims due tasks, those due
+longest first, by taking their leases (``SET NX PX``), as many as it has room for in
+one round trip; claiming also moves the entry one lease period ahead, so a
 task whose replica dies mid-step falls due again as soon as the lease lapses, and
 another replica takes it over from its checkpoint. The lease is renewed while the
 step runs; releasing it sets the time of the task's next look (or removes a
@@ -15,7 +16,6 @@ Each script checks and changes the lease and the entry together, atomically.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,20 +23,27 @@ from typing import Any, cast
 import redis
 from agentmesh_shared import keys
 
-# KEYS: due, lease, stepping; ARGV: task id, owner, ttl ms, now, lease expiry (s),
-# stepping marker ttl ms. Returns false when someone else holds the lease, else the replica that died inside
-# the previous step ("" when there was none).
-_CLAIM = """
-if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return false end
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[4]) then
-  redis.call('DEL', KEYS[2])
-  return false
+# KEYS: due; ARGV: owner, ttl ms, now, lease expiry (s), stepping marker ttl ms, how
+# many to claim, how many due entries to look at, and the parts of a task's lease and
+# stepping keys (keys.TASK_PREFIX, LEASE_SUFFIX, STEPPING_SUFFIX). Claims due
+# tasks in the order they fell due, each by taking its lease (an entry whose lease
+# another replica holds is passed over) and moving its entry one lease period ahead.
+# Returns task id, then the replica that died inside its previous step ("" when there
+# was none), for each task claimed.
+_CLAIM_DUE = """
+local claimed = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[7]))
+for _, id in ipairs(ids) do
+  if #claimed >= 2 * tonumber(ARGV[6]) then break end
+  if redis.call('SET', ARGV[8] .. id .. ARGV[9], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[4], id)
+    local stepping = ARGV[8] .. id .. ARGV[10]
+    table.insert(claimed, id)
+    table.insert(claimed, redis.call('GET', stepping) or '')
+    redis.call('SET', stepping, ARGV[1], 'PX', ARGV[5])
+  end
 end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[5], ARGV[1])
-local previous = redis.call('GET', KEYS[3]) or ''
-redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
-return previous
+return claimed
 """
 
 # KEYS: due, lease; ARGV: task id, owner, ttl ms, now, lease expiry (s). 1 if still held.
@@ -77,40 +84,41 @@ class PlanSchedule:
         self.redis = client
         self.owner = owner
         self.lease_ttl_s = lease_ttl_s
-        self._claim = client.register_script(_CLAIM)
+        self._claim_due = client.register_script(_CLAIM_DUE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
     def _keys(self, task_id: str) -> list[str]:
         return [keys.PLAN_DUE, keys.task_lease(task_id), keys.task_stepping(task_id)]
 
-    def due(self, limit: int) -> list[str]:
-        """Up to ``limit`` task ids due now, in a random order so replicas spread out."""
-        ids = cast(
-            "list[str]",
-            self.redis.zrangebyscore(keys.PLAN_DUE, "-inf", time.time(), start=0, num=limit),
-        )
-        random.shuffle(ids)
-        return ids
-
-    def claim(self, task_id: str) -> Claim | None:
+    def claim_due(self, limit: int, look_at: int | None = None) -> list[Claim]:
+        """Claim up to ``limit`` due tasks, those due longest first, in one round trip;
+        of the due entries, the first ``look_at`` (default ``limit``) are tried."""
+        if limit <= 0:
+            return []
         now = time.time()
-        ttl_ms = int(self.lease_ttl_s * 1000)
-        previous = self._claim(
-            keys=self._keys(task_id),
-            args=[
-                task_id,
-                self.owner,
-                ttl_ms,
-                now,
-                now + self.lease_ttl_s,
-                keys.RETENTION_S * 1000,
-            ],
+        flat = cast(
+            "list[str]",
+            self._claim_due(
+                keys=[keys.PLAN_DUE],
+                args=[
+                    self.owner,
+                    int(self.lease_ttl_s * 1000),
+                    now,
+                    now + self.lease_ttl_s,
+                    keys.RETENTION_S * 1000,
+                    limit,
+                    max(limit, look_at or limit),
+                    keys.TASK_PREFIX,
+                    keys.LEASE_SUFFIX,
+                    keys.STEPPING_SUFFIX,
+                ],
+            ),
         )
-        if previous is None:
-            return None
-        prev = cast("str", previous)
-        return Claim(task_id, prev if prev and prev != self.owner else None)
+        return [
+            Claim(task_id, previous if previous and previous != self.owner else None)
+            for task_id, previous in zip(flat[::2], flat[1::2], strict=True)
+        ]
 
     def renew(self, task_ids: list[str]) -> set[str]:
         """Extend the leases of the steps this replica runs; returns those still held."""

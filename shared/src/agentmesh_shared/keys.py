@@ -34,14 +34,21 @@ def budget(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:budget"
 
 
+# A task's planning keys, named in parts: the planning schedule's claim script builds
+# them from these parts inside Redis.
+TASK_PREFIX = f"{PREFIX}:task:"
+LEASE_SUFFIX = ":lease"
+STEPPING_SUFFIX = ":stepping"
+
+
 def task_lease(task_id: str) -> str:
     """Held by the planner replica running the task's current step."""
-    return f"{PREFIX}:task:{task_id}:lease"
+    return f"{TASK_PREFIX}{task_id}{LEASE_SUFFIX}"
 
 
 def task_stepping(task_id: str) -> str:
     """Names the replica inside a step; outlives a replica that died mid-step."""
-    return f"{PREFIX}:task:{task_id}:stepping"
+    return f"{TASK_PREFIX}{task_id}{STEPPING_SUFFIX}"
 
 
 def gateway_usage(role: str) -> str:
