@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--figures", default=",".join(FIGURES), help="comma-separated subset")
     parser.add_argument("--loops", type=int, default=500)
     parser.add_argument("--delay-ms", type=int, default=1000)
-    parser.add_argument("--round-trips", type=int, default=200)
+    parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--sandbox-runs", type=int, default=50)
     parser.add_argument("--tracing-pairs", type=int, default=300)
     parser.add_argument("--batch-sizes", default="10,100,1000")
